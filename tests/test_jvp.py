@@ -18,21 +18,27 @@ SHAPES = [  # (in, classes, depth, width, batch, activation)
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("k", [1, 3])
-def test_activity_jvps_match_autograd(shape, k):
-    n_in, n_cls, depth, width, b, act = shape
-    model = mlp(n_in, n_cls, depth, width, activation=act).double()
-    x, y = batch(n_in, n_cls, b)
-    x = x.double()
+def assert_activity_jvps_match_autograd(model, x, y, k):
+    """Inject random tangents at every site; compare the engine's JVPs with autograd's
+    sum_i <dl_b/ds_i, u_i^b>."""
     plan = find_sites(model)
-    tangents = [torch.randn(k, b, s.out_features, dtype=torch.float64) for s in plan.sites]
+    tangents = [torch.randn(k, x.shape[0], s.out_features, dtype=torch.float64) for s in plan.sites]
     with torch.no_grad():
         res = forward_jvp(plan, x, y, ce, k, site_tangents=lambda ctx: tangents[ctx.index])
     true = activity_gradients(model, x, y, ce, plan)  # dl_b/ds_i, (B, d_i)
     expected = sum(torch.einsum("bd,kbd->kb", g, u) for g, u in zip(true, tangents))
     torch.testing.assert_close(res.jvps, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(res.losses, ce(model(x), y))
+    return plan
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_activity_jvps_match_autograd(shape, k):
+    n_in, n_cls, depth, width, b, act = shape
+    model = mlp(n_in, n_cls, depth, width, activation=act).double()
+    x, y = batch(n_in, n_cls, b)
+    assert_activity_jvps_match_autograd(model, x.double(), y, k)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -79,28 +85,14 @@ def test_generic_follower_goes_through_torch_func_jvp():
         nn.Linear(6, 8), nn.LayerNorm(8, elementwise_affine=False), nn.ReLU(), nn.Linear(8, 3)
     ).double()
     x, y = batch(6, 3, 5)
-    x = x.double()
-    plan = find_sites(model)
+    plan = assert_activity_jvps_match_autograd(model, x.double(), y, 3)
     assert not plan.sites[0].elementwise_followers
-    tangents = [torch.randn(3, 5, s.out_features, dtype=torch.float64) for s in plan.sites]
-    with torch.no_grad():
-        res = forward_jvp(plan, x, y, ce, 3, site_tangents=lambda ctx: tangents[ctx.index])
-    true = activity_gradients(model, x, y, ce, plan)
-    expected = sum(torch.einsum("bd,kbd->kb", g, u) for g, u in zip(true, tangents))
-    torch.testing.assert_close(res.jvps, expected)
 
 
 def test_flatten_prefix_and_image_inputs():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2)).double()
     x = torch.randn(4, 3, 4, dtype=torch.float64)
-    y = torch.randint(0, 2, (4,))
-    plan = find_sites(model)
-    u = [torch.randn(1, 4, s.out_features, dtype=torch.float64) for s in plan.sites]
-    with torch.no_grad():
-        res = forward_jvp(plan, x, y, ce, 1, site_tangents=lambda ctx: u[ctx.index])
-    true = activity_gradients(model, x, y, ce, plan)
-    expected = sum(torch.einsum("bd,kbd->kb", g, t) for g, t in zip(true, u))
-    torch.testing.assert_close(res.jvps, expected)
+    assert_activity_jvps_match_autograd(model, x, torch.randint(0, 2, (4,)), 1)
 
 
 def test_wrong_tangent_shape_is_reported():

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, config_from_mapping, load_toml
+from .config import ConfigError, TrainConfig, coerce, config_from_mapping, load_toml
 
 # Flags shared by train and compare: every TrainConfig field except the per-command ones.
 _FLAG_HELP = {
@@ -69,13 +69,16 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
+    epochs = None
     if args.resume:
+        # The saved config defines the run; only --epochs may change (to extend it).
         out, resume, cfg = Path(args.resume), True, TrainConfig()
+        epochs = int(coerce("epochs", args.epochs)) if args.epochs is not None else None
     else:
         cfg = _config(args)
         out = Path(args.out or f"runs/{cfg.dataset}-{cfg.guess}-seed{cfg.seed}")
         resume = False
-    result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    result = train(cfg, out, resume=resume, progress=not args.no_progress, epochs=epochs)
     final = result.summary["final"]
     print(
         f"{result.summary['guess']} seed {result.summary['seed']}: epoch {final['epoch']}, "
@@ -131,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with one estimator")
     _add_config_flags(p)
     p.add_argument("--out", help="run directory (default runs/<dataset>-<guess>-seed<seed>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR from its checkpoint (--epochs may extend it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

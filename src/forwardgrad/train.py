@@ -99,14 +99,21 @@ def train(
     resume: bool = False,
     progress: bool = True,
     data: Dataset | None = None,
+    epochs: int | None = None,
 ) -> RunResult:
-    """Train with ``cfg`` into ``out_dir``; with ``resume`` continue from its checkpoint."""
+    """Train with ``cfg`` into ``out_dir``.
+
+    With ``resume``, continue the run saved in ``out_dir`` from its checkpoint with its saved
+    config (``cfg`` is ignored); ``epochs`` may extend it.
+    """
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
         saved = read_config(out)
+        if epochs is not None:
+            saved["epochs"] = epochs
         cfg = config_from_mapping(saved, TrainConfig())
     elif (out / "metrics.jsonl").exists() or ckpt_path.exists():
         raise FileExistsError(

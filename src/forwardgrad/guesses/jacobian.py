@@ -23,6 +23,13 @@ def _next_weight(ctx: SiteContext) -> Tensor:
     return nxt.weight.detach()
 
 
+def _next_layer_noise(ctx: SiteContext, w: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """``eps ~ N(0, I)`` in the next layer's output space per tangent and example: (k, B, d)."""
+    return torch.randn(
+        k, ctx.batch_size, w.shape[0], generator=generator, device=generator.device, dtype=w.dtype
+    )
+
+
 class WTranspose(Guess):
     """``u = M_i W_{i+1}^T eps``, ``eps ~ N(0, I)`` per example. Bias ``(W~^T W~ - I) g``."""
 
@@ -35,14 +42,7 @@ class WTranspose(Guess):
         if ctx.is_last:
             return isotropic_site_tangents(ctx, k, generator)
         w = _next_weight(ctx)
-        eps = torch.randn(
-            k,
-            ctx.batch_size,
-            w.shape[0],
-            generator=generator,
-            device=generator.device,
-            dtype=w.dtype,
-        )
+        eps = _next_layer_noise(ctx, w, k, generator)
         return (eps @ w) * ctx.act_grad
 
 
@@ -119,14 +119,7 @@ class WPerp(Guess):
         jac = masked_jacobian(w, mask)
         norm = spectral_norm(w, mask, generator).clamp_min(1e-30)
         poly = newton_schulz.matrix_polynomial(jac / norm.view(-1, 1, 1), coeffs, o.ns_iterations)
-        eps = torch.randn(
-            k,
-            ctx.batch_size,
-            w.shape[0],
-            generator=generator,
-            device=generator.device,
-            dtype=w.dtype,
-        )
+        eps = _next_layer_noise(ctx, w, k, generator)
         return torch.einsum("kbe,bed->kbd", eps, poly)
 
     def state_dict(self) -> dict:
@@ -171,8 +164,6 @@ class Preconditioned(Guess):
         if d2 >= d1:
             return isotropic_site_tangents(ctx, k, generator)
         u_left, _, vh = torch.linalg.svd(masked_jacobian(w, ctx.act_grad), full_matrices=False)
-        eps = torch.randn(
-            k, ctx.batch_size, d2, generator=generator, device=generator.device, dtype=w.dtype
-        )
+        eps = _next_layer_noise(ctx, w, k, generator)
         coords = torch.einsum("ber,kbe->kbr", u_left, eps)  # U_r^T eps
         return torch.einsum("brd,kbr->kbd", vh, coords)  # V_r U_r^T eps
