@@ -193,3 +193,10 @@ def test_cli_list_names_everything(capsys):
         list(fg.GUESSES) + list(fg.SAMPLERS) + ["projection", "mnist1d", "digits", "mnist5k"]
     ):
         assert name in text
+
+
+def test_cli_data_info_names_missing_files(tmp_path, capsys):
+    assert main(["data", "info", "mnist", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING train-images-idx3-ubyte" in out and str(tmp_path / "mnist") in out
+    assert main(["data", "info", "imagenet", "--data-dir", str(tmp_path)]) == 2

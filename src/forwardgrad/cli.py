@@ -12,7 +12,8 @@ from .config import ConfigError, TrainConfig, coerce, config_from_mapping, load_
 # Flags shared by train and compare: every TrainConfig field except the per-command ones.
 _FLAG_HELP = {
     "dataset": "dataset name (see `forwardgrad list`)",
-    "data_dir": "directory holding real datasets' files",
+    "data_dir": "directory holding real datasets' files (default $FORWARDGRAD_DATA)",
+    "augment": "on-the-fly augmentation for image sets (true/false)",
     "depth": "number of hidden layers",
     "width": "hidden width",
     "bias": "use biases (true/false)",
@@ -134,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with one estimator")
     _add_config_flags(p)
     p.add_argument("--out", help="run directory (default runs/<dataset>-<guess>-seed<seed>)")
-    p.add_argument("--resume", metavar="DIR",
-                   help="continue the run in DIR from its checkpoint (--epochs may extend it)")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint (--epochs may extend it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -156,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="name every guess, sampler, aggregation, dataset and optimizer")
     p.set_defaults(func=cmd_list)
+
+    from .data.cli_data import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

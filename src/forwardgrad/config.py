@@ -25,6 +25,7 @@ class TrainConfig:
     # data and model
     dataset: str = "mnist1d"
     data_dir: str | None = None
+    augment: bool = False  # random crop (+ flip for CIFAR) on image sets
     depth: int = 3
     width: int = 128
     bias: bool = True

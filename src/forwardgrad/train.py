@@ -121,9 +121,11 @@ def train(
         )
     cfg.validate()
     device = torch.device(cfg.device)
-    data = data or load_dataset(
-        cfg.dataset, seed=cfg.seed, **({"data_dir": cfg.data_dir} if cfg.data_dir else {})
-    )
+    if data is None:
+        options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
+        if cfg.augment:
+            options["augment"] = True
+        data = load_dataset(cfg.dataset, seed=cfg.seed, **options)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
 

