@@ -33,7 +33,6 @@ class GuessOptions:
     max_length: float = 4.0  # sampler "varying-length": L
     oversample: int = 10  # wperp randomized: extra subspace dimensions
     power_iterations: int = 4  # wperp randomized: subspace iterations
-    ns_iterations: int = 5  # wperp newton-schulz: N
     ns_refresh: int = 50  # wperp newton-schulz: steps between sigma_k estimates
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..jvp import SiteContext
 from .base import Guess, isotropic_site_tangents
-from .subspace import masked_jacobian, randomized_subspace, spectral_norm, svd_subspace
+from .subspace import masked_jacobian, randomized_subspace, svd_subspace
 
 SOLVERS = ("svd", "randomized", "newton-schulz")
 
@@ -115,10 +115,16 @@ class WPerp(Guess):
             ratio = svals[:, -1] / svals[:, 0].clamp_min(1e-30)
             self._sigma_ratio[i] = float(ratio.median())
         self._calls[i] = calls + 1
-        _, coeffs = newton_schulz.coefficients_for(self._sigma_ratio[i])
+        coeffs = _keeping_coefficients(self._sigma_ratio[i])
         jac = masked_jacobian(w, mask)
-        norm = spectral_norm(w, mask, generator).clamp_min(1e-30)
-        poly = newton_schulz.matrix_polynomial(jac / norm.view(-1, 1, 1), coeffs, o.ns_iterations)
+        # sigma_1 from a Rayleigh-Ritz block (k + oversample vectors): single-vector power
+        # iteration can sit >10% low, which would push singular values past the polynomials'
+        # fitted domain [0, 1.1], where they are unbounded.
+        _, top = randomized_subspace(w, mask, 1, generator, o.oversample, o.power_iterations)
+        norm = top[:, 0].clamp_min(1e-30)
+        poly = newton_schulz.matrix_polynomial(
+            jac / norm.view(-1, 1, 1), coeffs, newton_schulz.DEFAULT_ITERATIONS
+        )
         eps = _next_layer_noise(ctx, w, k, generator)
         return torch.einsum("kbe,bed->kbd", eps, poly)
 
@@ -128,6 +134,20 @@ class WPerp(Guess):
     def load_state_dict(self, state: dict) -> None:
         self._calls = {int(a): int(b) for a, b in state.get("calls", {}).items()}
         self._sigma_ratio = {int(a): float(b) for a, b in state.get("sigma_ratio", {}).items()}
+
+
+def _keeping_coefficients(sigma_ratio: float) -> list[float]:
+    """Coefficients whose step keeps every singular value >= sigma_k.
+
+    The table's polynomials switch within +-band of their threshold, so the largest threshold
+    whose band lies entirely below sigma_k / sigma_1 is used (the smallest one if none does);
+    taking the nearest threshold could drop or half-keep the k-th direction itself.
+    """
+    from . import newton_schulz
+
+    table = newton_schulz.load_coefficients()
+    below = [t for t in table if t + newton_schulz.BAND_HALF_WIDTH <= sigma_ratio]
+    return table[max(below) if below else min(table)]
 
 
 class Preconditioned(Guess):

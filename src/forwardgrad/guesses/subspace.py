@@ -130,17 +130,3 @@ def randomized_subspace(
     kk = min(k, p, d2)
     basis = q @ evecs[..., -kk:].flip(-1).to(weight.dtype)
     return basis, evals[..., -kk:].flip(-1).clamp_min(0).sqrt().to(weight.dtype)
-
-
-def spectral_norm(
-    weight: Tensor, mask: Tensor, generator: torch.Generator, iterations: int = 20
-) -> Tensor:
-    """Largest singular value of every ``W diag(m_b)`` by power iteration: (B,)."""
-    gram = weight.t() @ weight
-    b, d1 = mask.shape
-    v = torch.randn(b, d1, 1, generator=generator, device=generator.device, dtype=weight.dtype)
-    for _ in range(iterations):
-        v = _masked_gram_apply(gram, mask, v)
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    rayleigh = (v * _masked_gram_apply(gram, mask, v)).sum(dim=(1, 2))
-    return rayleigh.clamp_min(0).sqrt()
