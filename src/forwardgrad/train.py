@@ -146,7 +146,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         estimator.load_state_dict(state["estimator"])
         shuffle.set_state(state["shuffle"])
-        augment.set_state(state["augment"])
+        if "augment" in state:  # checkpoints from before augmentation existed lack it
+            augment.set_state(state["augment"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= start_epoch]
     else:
