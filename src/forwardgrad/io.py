@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -26,7 +28,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -45,4 +47,4 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(Path(path), lambda f: torch.save(obj, f))

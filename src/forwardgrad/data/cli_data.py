@@ -102,6 +102,15 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help=f"data directory (default: ${real.DATA_ENV} or {real.default_data_dir()})",
+    )
+
+
 def add_data_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``data info|fetch`` to the main parser's subparsers; returns the ``data`` parser."""
     names = ", ".join(real.NAMES)
@@ -119,12 +128,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
         description="Describe a dataset; exit code 1 when its files are missing.",
     )
     q.add_argument("name", metavar="NAME", help=f"dataset name ({names}; or an embedded one)")
-    q.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help=f"data directory (default: ${real.DATA_ENV} or {real.default_data_dir()})",
-    )
+    _add_data_dir(q)
     q.set_defaults(func=cmd_data_info)
 
     q = sub.add_parser(
@@ -133,12 +137,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
         description="Download what is missing (nothing else is ever downloaded).",
     )
     q.add_argument("name", metavar="NAME", help=f"dataset name ({names})")
-    q.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help=f"data directory (default: ${real.DATA_ENV} or {real.default_data_dir()})",
-    )
+    _add_data_dir(q)
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_data_fetch)
     return p

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io import atomic_write
 from . import Dataset, DatasetSpec, register
 
 DATA_ENV = "FORWARDGRAD_DATA"
@@ -752,23 +753,13 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:  # e.g. a read-only data directory: decode again next time
         warnings.warn(
             f"could not write the cache {path} ({e}); the files will be decoded again next time",
             stacklevel=3,
         )
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def channel_stats(x: np.ndarray, chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
