@@ -105,10 +105,8 @@ def test_newton_schulz_guess_covariance_matches_top_k_projector():
     m = torch.ones(3, d)
     _, svals = exact_subspace(w, m)
     norm = svals[:, 0]
-    from forwardgrad.guesses.jacobian import _keeping_coefficients
-
-    coeffs = _keeping_coefficients(float(svals[0, k - 1] / svals[0, 0]))
-    assert coeffs == ns.load_coefficients()[0.4]  # keeps [0.45, 1.1], drops [0, 0.35]
+    threshold, coeffs = ns.coefficients_keeping(float(svals[0, k - 1] / svals[0, 0]))
+    assert threshold == 0.4  # keeps [0.45, 1.1], drops [0, 0.35]
     poly = ns.matrix_polynomial(
         masked_jacobian(w, m) / norm.view(-1, 1, 1), coeffs, ns.DEFAULT_ITERATIONS
     )

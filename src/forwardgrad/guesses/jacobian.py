@@ -107,21 +107,20 @@ class WPerp(Guess):
         o = self.options
         i = ctx.index
         calls = self._calls.get(i, 0)
-        if i not in self._sigma_ratio or calls % o.ns_refresh == 0:
-            # sigma_k / sigma_1 changes slowly; refresh it every ns_refresh steps (the paper: 50).
-            _, svals = randomized_subspace(
-                w, mask, o.rank, generator, o.oversample, o.power_iterations
-            )
-            ratio = svals[:, -1] / svals[:, 0].clamp_min(1e-30)
-            self._sigma_ratio[i] = float(ratio.median())
-        self._calls[i] = calls + 1
-        coeffs = _keeping_coefficients(self._sigma_ratio[i])
-        jac = masked_jacobian(w, mask)
         # sigma_1 from a Rayleigh-Ritz block (k + oversample vectors): single-vector power
         # iteration can sit >10% low, which would push singular values past the polynomials'
-        # fitted domain [0, 1.1], where they are unbounded.
-        _, top = randomized_subspace(w, mask, 1, generator, o.oversample, o.power_iterations)
-        norm = top[:, 0].clamp_min(1e-30)
+        # fitted domain [0, 1.1], where they are unbounded. sigma_k / sigma_1 changes slowly,
+        # so it is refreshed only every ns_refresh steps (the paper: 50), from the same solve.
+        refresh = i not in self._sigma_ratio or calls % o.ns_refresh == 0
+        _, svals = randomized_subspace(
+            w, mask, o.rank if refresh else 1, generator, o.oversample, o.power_iterations
+        )
+        norm = svals[:, 0].clamp_min(1e-30)
+        if refresh:
+            self._sigma_ratio[i] = float((svals[:, -1] / norm).median())
+        self._calls[i] = calls + 1
+        _, coeffs = newton_schulz.coefficients_keeping(self._sigma_ratio[i])
+        jac = masked_jacobian(w, mask)
         poly = newton_schulz.matrix_polynomial(
             jac / norm.view(-1, 1, 1), coeffs, newton_schulz.DEFAULT_ITERATIONS
         )
@@ -134,20 +133,6 @@ class WPerp(Guess):
     def load_state_dict(self, state: dict) -> None:
         self._calls = {int(a): int(b) for a, b in state.get("calls", {}).items()}
         self._sigma_ratio = {int(a): float(b) for a, b in state.get("sigma_ratio", {}).items()}
-
-
-def _keeping_coefficients(sigma_ratio: float) -> list[float]:
-    """Coefficients whose step keeps every singular value >= sigma_k.
-
-    The table's polynomials switch within +-band of their threshold, so the largest threshold
-    whose band lies entirely below sigma_k / sigma_1 is used (the smallest one if none does);
-    taking the nearest threshold could drop or half-keep the k-th direction itself.
-    """
-    from . import newton_schulz
-
-    table = newton_schulz.load_coefficients()
-    below = [t for t in table if t + newton_schulz.BAND_HALF_WIDTH <= sigma_ratio]
-    return table[max(below) if below else min(table)]
 
 
 class Preconditioned(Guess):

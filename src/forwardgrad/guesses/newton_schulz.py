@@ -401,6 +401,20 @@ def coefficients_for(sigma_k: float) -> tuple[float, list[float]]:
     return best, table[best]
 
 
+def coefficients_keeping(sigma_ratio: float) -> tuple[float, list[float]]:
+    """The entry whose step keeps every singular value >= ``sigma_ratio``: ``(threshold, coeffs)``.
+
+    Each polynomial switches within ``+-BAND_HALF_WIDTH`` of its threshold, so this takes the
+    largest threshold whose band lies entirely below ``sigma_ratio`` (the smallest threshold if
+    none does). :func:`coefficients_for`'s nearest entry could drop or half-keep a singular
+    value at ``sigma_ratio`` itself.
+    """
+    table = load_coefficients()
+    below = [t for t in table if t + BAND_HALF_WIDTH <= sigma_ratio]
+    best = max(below) if below else min(table)
+    return best, table[best]
+
+
 def build_table(
     thresholds: Sequence[float] = THRESHOLDS,
     iterations: int = DEFAULT_ITERATIONS,
