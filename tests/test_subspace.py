@@ -1,10 +1,13 @@
 """W̃⊥ subspace solvers: the exact one equals torch.linalg.svd; randomized agrees within tolerance.
 
-Stated tolerances (measured on these cases: 2e-5 and >= 0.988):
-* well-separated spectrum (singular values decaying as 0.8^j): projector difference
-  ||P_randomized - P_svd||_F <= 1e-3 for every example;
-* PyTorch-initialised weights (flat spectrum, where the top-k subspace is barely defined): the
-  randomized subspace captures >= 0.97 of the exact top-k subspace's energy tr(P G).
+Stated tolerances of the randomized (block Krylov) solver at its defaults (measured values in
+brackets):
+* separated spectrum (top 10 singular values in [0.5, 1], the rest <= 0.1), unmasked: projector
+  difference ||P_randomized - P_svd||_F <= 1e-3 for every example;
+* PyTorch-initialised 256-wide weights and ReLU-like masks (a flat spectrum, where the top-k
+  subspace is barely defined): the randomized subspace captures >= 0.93 of the exact top-k
+  subspace's energy tr(P G) for every example, and more with more Krylov steps;
+* narrow next layers (d2 <= k + oversample) are solved exactly.
 """
 
 import pytest
@@ -52,27 +55,54 @@ def test_exact_subspace_equals_torch_svd(d2, d1):
     )
 
 
-@pytest.mark.parametrize("d2,d1", SHAPES)
+def gapped(d2, d1, k=10, seed=0):
+    """Top k singular values in [0.5, 1], the rest <= 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(d1, d2)
+    u, _ = torch.linalg.qr(torch.randn(d2, r, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(d1, r, generator=g))
+    s = torch.cat([torch.linspace(1.0, 0.5, k), torch.linspace(0.1, 0.01, r - k)])
+    return (u * s) @ v.t()
+
+
+@pytest.mark.parametrize("d2,d1", [(96, 96), (64, 96), (96, 64)])
 def test_randomized_matches_svd_on_separated_spectrum(d2, d1):
-    w, m = decaying(d2, d1), masks(16, d1)
-    gen = torch.Generator().manual_seed(0)
-    vr, sr = randomized_subspace(w, m, 10, gen)
+    w, m = gapped(d2, d1), torch.ones(4, d1)
+    vr, sr = randomized_subspace(w, m, 10, torch.Generator().manual_seed(0))
     ve, _ = svd_subspace(w, m, 10)
     assert (projector(vr) - projector(ve)).norm(dim=(1, 2)).max() <= 1e-3
     _, s_exact = exact_subspace(w, m)
     torch.testing.assert_close(sr, s_exact[:, : sr.shape[1]], rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("d2,d1", SHAPES)
-def test_randomized_captures_top_k_energy_on_flat_spectrum(d2, d1):
-    torch.manual_seed(0)
-    w = torch.nn.Linear(d1, d2).weight.detach()
-    m = masks(16, d1)
-    vr, _ = randomized_subspace(w, m, 10, torch.Generator().manual_seed(0))
+def _energy_ratio(w, m, **options):
+    vr, _ = randomized_subspace(w, m, 10, torch.Generator().manual_seed(0), **options)
     ve, _ = svd_subspace(w, m, 10)
     g = masked_gram(w, m)
     energy = lambda v: torch.einsum("bdk,bde,bek->b", v, g, v)  # noqa: E731
-    assert (energy(vr) / energy(ve)).min() >= 0.97
+    return energy(vr) / energy(ve)
+
+
+def test_randomized_captures_top_k_energy_on_flat_spectrum():
+    torch.manual_seed(0)
+    w = torch.nn.Linear(256, 256).weight.detach()
+    m = masks(32, 256)
+    assert _energy_ratio(w, m).min() >= 0.93
+    more = [_energy_ratio(w, m, iterations=q).mean() for q in (1, 2, 3)]
+    assert more[0] < more[1] < more[2] <= 1 + 1e-5  # Krylov steps converge on the exact answer
+    assert _energy_ratio(w, m, iterations=10).min() >= 0.999
+
+
+@pytest.mark.parametrize("d2", [4, 10, 12])
+def test_randomized_is_exact_for_narrow_next_layer(d2):
+    torch.manual_seed(0)
+    w, m = torch.nn.Linear(64, d2).weight.detach(), masks(8, 64)
+    vr, sr = randomized_subspace(w, m, 10, torch.Generator().manual_seed(0))
+    ve, se = svd_subspace(w, m, 10)
+    assert vr.shape == ve.shape
+    assert (projector(vr) - projector(ve)).norm(dim=(1, 2)).max() <= 1e-4
+    torch.testing.assert_close(sr, se_vals := exact_subspace(w, m)[1][:, : sr.shape[1]])
+    assert se_vals.shape == sr.shape
 
 
 def test_randomized_survives_rank_deficient_masks():

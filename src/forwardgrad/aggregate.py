@@ -33,14 +33,24 @@ def aggregate_mean(tangents: Tensor, jvps: Tensor) -> Tensor:
     return aggregate_sum(tangents, jvps) / tangents.shape[0]
 
 
-def aggregate_projection(tangents: Tensor, jvps: Tensor) -> Tensor:
-    k, n = tangents.shape[0], tangents.shape[-1]
-    v = tangents.movedim(0, -2).to(torch.float64)  # (*batch, k, n)
+def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> Tensor:
+    """Coefficients ``c = G^+ d`` of the projection ``sum_j c_j v_j``.
+
+    Args:
+        gram: the tangents' Gram matrices ``G = V V^T``, (*batch, k, k), any float dtype.
+        jvps: d, (k, *batch).
+        n: the dimension the tangents live in (only for the rank tolerance and the warning).
+        eps: machine epsilon of the tangents' dtype (rank tolerance).
+
+    Returns:
+        c, (k, *batch), float64. The Gram matrix can be accumulated site by site, so the
+        low-memory mode never needs all tangents at once.
+    """
+    k = gram.shape[-1]
+    gram = gram.to(torch.float64)
     d = jvps.movedim(0, -1).to(torch.float64).unsqueeze(-1)  # (*batch, k, 1)
-    gram = v @ v.transpose(-1, -2)  # (*batch, k, k)
     evals, evecs = torch.linalg.eigh(gram)
     # Rank tolerance of the input precision (as numpy.linalg.matrix_rank), squared for the Gram.
-    eps = torch.finfo(tangents.dtype).eps
     tol = (max(k, n) * eps) ** 2 * evals[..., -1:].clamp_min(0)
     keep = evals > tol
     inv = torch.where(
@@ -54,10 +64,21 @@ def aggregate_projection(tangents: Tensor, jvps: Tensor) -> Tensor:
             + (", k > n" if k > n else ", tangents linearly dependent")
             + "); projecting onto the span they reach",
             DependentTangentsWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    out = (v.transpose(-1, -2) @ coef).squeeze(-1)  # (*batch, n)
-    return out.to(tangents.dtype)
+    return coef.squeeze(-1).movedim(-1, 0)
+
+
+def tangent_gram(tangents: Tensor) -> Tensor:
+    """``G = V V^T`` per batch index in float64: tangents (k, *batch, n) -> (*batch, k, k)."""
+    v = tangents.movedim(0, -2).to(torch.float64)
+    return v @ v.transpose(-1, -2)
+
+
+def aggregate_projection(tangents: Tensor, jvps: Tensor) -> Tensor:
+    eps = torch.finfo(tangents.dtype).eps
+    coef = projection_coefficients(tangent_gram(tangents), jvps, tangents.shape[-1], eps)
+    return aggregate_sum(tangents.to(torch.float64), coef).to(tangents.dtype)
 
 
 AGGREGATIONS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], str]] = {

@@ -12,15 +12,16 @@ guesses aggregate the JVPs of the mean loss ``d_j = mean_b d_jb`` with the param
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aggregate import AGGREGATIONS, aggregate
+from .aggregate import AGGREGATIONS, aggregate, projection_coefficients, tangent_gram
 from .guesses import GuessOptions, make_guess
-from .jvp import LossFn, forward_jvp
+from .jvp import LossFn, SiteContext, forward_jvp
 from .sites import find_sites
 
 SCOPES = ("global", "site")
@@ -29,6 +30,13 @@ SCOPES = ("global", "site")
 def cross_entropy_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-example cross-entropy, the default loss."""
     return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
 
 
 class Estimator:
@@ -45,6 +53,12 @@ class Estimator:
         seed: seed of the tangent generator.
         chunk_size: push at most this many tangents through the network at once, bounding
             tangent memory at the cost of one primal pass per chunk (None: all k at once).
+        low_memory: activity-space guesses only. Keep no site's inputs or tangents: a first
+            pass computes the JVPs (and, for projection, the Gram matrices of the tangents,
+            accumulated site by site); a second primal pass regenerates each site's tangents from
+            the same random state and turns them into that layer's gradient at once. Peak memory
+            then does not grow with depth, for the cost of one more primal pass and a second
+            draw of the tangents.
         **guess_options: fields of :class:`~forwardgrad.guesses.GuessOptions` (rank, solver,
             bottom, sigma, layers, sampler, normalize, angle, max_length, ...).
     """
@@ -60,6 +74,7 @@ class Estimator:
         loss_fn: LossFn | None = None,
         seed: int = 0,
         chunk_size: int | None = None,
+        low_memory: bool = False,
         **guess_options: object,
     ) -> None:
         known = {f.name for f in dataclasses.fields(GuessOptions)}
@@ -86,9 +101,13 @@ class Estimator:
         self.scope = scope
         self.loss_fn: LossFn = loss_fn or cross_entropy_per_example
         self.chunk_size = chunk_size
+        self.low_memory = bool(low_memory)
+        if self.low_memory:
+            self._check_low_memory()
         device = self.plan.sites[0].weight.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self._site_generator = torch.Generator(device=device)
 
     # ------------------------------------------------------------------ public API
 
@@ -106,6 +125,10 @@ class Estimator:
         with torch.no_grad():
             if self.guess.space == "weight":
                 return self._weight_space(x, targets, loss_fn)
+            if self.low_memory:
+                grads: dict[nn.Parameter, Tensor] = {}
+                loss = self._low_memory(x, targets, loss_fn, grads.__setitem__)
+                return loss, grads
             return self._activity_space(x, targets, loss_fn)
 
     def step(self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None) -> Tensor:
@@ -113,6 +136,11 @@ class Estimator:
 
         Returns the batch's mean loss (a detached scalar tensor).
         """
+        if self.low_memory:
+            # Layer by layer into .grad, so no dict of all gradients is held at once.
+            self._check_batch(x, targets)
+            with torch.no_grad():
+                return self._low_memory(x, targets, loss_fn or self.loss_fn, _accumulate_grad)
         loss, grads = self.estimate(x, targets, loss_fn)
         for p, g in grads.items():
             if p.grad is None:
@@ -142,6 +170,111 @@ class Estimator:
                 f"expects (batch, {first.in_features})"
             )
 
+    def _check_low_memory(self) -> None:
+        problem = None
+        if self.guess.space != "activity":
+            problem = f"guess {self.guess_name!r} is not an activity-space guess"
+        elif self.chunk_size is not None:
+            problem = "chunk_size and low_memory do not combine (each bounds memory its own way)"
+        elif getattr(self.guess, "draws_per_site", True) is False:
+            problem = (
+                f"sampler {self.guess.options.sampler!r} with normalize="
+                f"{self.guess.options.normalize} couples the tangents of all sites, so they "
+                "cannot be drawn site by site; use sampler normal or rademacher, unnormalised"
+            )
+        if problem:
+            raise ValueError(f"low_memory needs tangents drawn site by site: {problem}")
+
+    def _site_draws(self, k: int):
+        """Per-step tangent drawing from one seed, re-seeded at every site.
+
+        Each site's tangents depend only on the step's seed and the site, so the low-memory
+        mode can draw them a second time, identical, and both modes give the same estimate.
+        Returns ``begin(batch_size)`` (call before each pass) and ``draw(ctx)``.
+        """
+        step_seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        site_generator = self._site_generator
+
+        def begin(batch_size: int) -> None:
+            site_generator.manual_seed(step_seed)
+            self.guess.begin_step(self.plan, batch_size, k, site_generator)
+
+        def draw(ctx: SiteContext) -> Tensor | None:
+            site_generator.manual_seed(step_seed + 7919 * (ctx.index + 1))
+            return self.guess.site_tangents(ctx, k, site_generator)
+
+        return begin, draw
+
+    def _low_memory(self, x: Tensor, targets: Tensor, loss_fn: LossFn, emit) -> Tensor:
+        """Two passes, each site's tangents drawn twice from the same seed; see ``low_memory``.
+
+        ``emit(param, grad)`` receives each layer's gradient as soon as it is known.
+        """
+        k, batch = self.num_tangents, x.shape[0]
+        begin, draw = self._site_draws(k)
+        guess_state = copy.deepcopy(self.guess.state_dict())
+        projection = self.aggregation == "projection"
+        grams: list[Tensor] = []  # per site (B, k, k) in float64; small, independent of width
+        eps = torch.finfo(x.dtype).eps if x.is_floating_point() else 1e-7
+
+        def first_pass(ctx: SiteContext) -> Tensor | None:
+            u = draw(ctx)
+            if u is not None and projection:
+                grams.append(tangent_gram(u))
+            return u
+
+        begin(batch)
+        res = forward_jvp(
+            self.plan,
+            x,
+            targets,
+            loss_fn,
+            k,
+            site_tangents=first_pass,
+            keep_inputs=False,
+            keep_tangents=False,
+        )
+        d = res.jvps  # (k, B)
+        coefs: list[Tensor] = []
+        if not projection:
+            coef = d / k if self.aggregation == "mean" else d
+        elif self.scope == "global":
+            n = sum(self.plan.widths)
+            coef = projection_coefficients(sum(grams), d, n, eps).to(d.dtype)
+        else:
+            widths = self.plan.widths
+            coefs = [
+                projection_coefficients(g, d, w, eps).to(d.dtype) for g, w in zip(grams, widths)
+            ]
+        grams.clear()
+
+        def second_pass(ctx: SiteContext) -> None:
+            u = draw(ctx)
+            if u is None:
+                return None
+            c = coefs[ctx.index] if coefs else coef
+            g = torch.einsum("kbd,kb->bd", u, c)  # this site's estimate of dl_b/ds_i
+            module = ctx.site.module
+            if module.weight.requires_grad:
+                emit(module.weight, g.t() @ ctx.inputs / batch)
+            if module.bias is not None and module.bias.requires_grad:
+                emit(module.bias, g.mean(0))
+            return None  # nothing is pushed forward: this pass is primal only
+
+        self.guess.load_state_dict(guess_state)
+        begin(batch)
+        forward_jvp(
+            self.plan,
+            x,
+            targets,
+            loss_fn,
+            k,
+            site_tangents=second_pass,
+            keep_inputs=False,
+            keep_tangents=False,
+        )
+        return res.losses.mean()
+
     def _chunks(self) -> list[int]:
         k, c = self.num_tangents, self.chunk_size or self.num_tangents
         return [min(c, k - start) for start in range(0, k, c)]
@@ -161,18 +294,11 @@ class Estimator:
             return self._activity_estimates(x, targets, loss_fn or self.loss_fn)
 
     def _activity_estimates(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
-        gen = self.generator
         jvps, site_tangents, inputs, loss = [], [], None, None
         for k in self._chunks():
-            self.guess.begin_step(self.plan, x.shape[0], k, gen)
-            res = forward_jvp(
-                self.plan,
-                x,
-                targets,
-                loss_fn,
-                k,
-                site_tangents=lambda ctx, k=k: self.guess.site_tangents(ctx, k, gen),
-            )
+            begin, draw = self._site_draws(k)
+            begin(x.shape[0])
+            res = forward_jvp(self.plan, x, targets, loss_fn, k, site_tangents=draw)
             jvps.append(res.jvps)
             site_tangents.append(res.tangents)
             inputs, loss = res.inputs, res.losses.mean()

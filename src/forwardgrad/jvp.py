@@ -137,6 +137,7 @@ def forward_jvp(
     site_tangents: SiteTangentFn | None = None,
     weight_tangents: dict[str, Tensor] | None = None,
     keep_inputs: bool = True,
+    keep_tangents: bool = True,
 ) -> ForwardResult:
     """One forward-mode pass of ``plan`` on a batch, carrying ``num_tangents`` tangents.
 
@@ -151,6 +152,9 @@ def forward_jvp(
             "{i}.bias": (k, d_out)}`` (names as :meth:`SitePlan.parameters`).
         keep_inputs: keep each site's input x_i (needed to turn activity estimates into weight
             estimates).
+        keep_tangents: keep each site's injected tangents u_i. With both ``keep_`` flags off,
+            only the current site's activations and tangents are alive at any time, so peak
+            memory does not grow with depth.
 
     Returns:
         :class:`ForwardResult` with ``jvps[j, b]`` the directional derivative of example b's loss
@@ -203,7 +207,8 @@ def forward_jvp(
                 t_s = u if t_s is None else t_s + u
         if keep_inputs:
             result_inputs.append(h)
-        result_tangents.append(u)
+        if keep_tangents:
+            result_tangents.append(u)
         if site.elementwise_followers:
             h = out
             t = None if t_s is None else act_grad * t_s

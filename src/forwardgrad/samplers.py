@@ -23,6 +23,9 @@ class SamplerSpec:
     name: str
     summary: str
     fn: SamplerFn
+    # True when coordinates are drawn independently, so a tangent over several blocks of
+    # coordinates (sites) can be drawn block by block with the same distribution.
+    elementwise: bool = False
 
 
 def normal(
@@ -107,8 +110,10 @@ def varying_length(
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
-        SamplerSpec("normal", "i.i.d. standard Gaussian entries (the default)", normal),
-        SamplerSpec("rademacher", "i.i.d. +-1 entries", rademacher),
+        SamplerSpec(
+            "normal", "i.i.d. standard Gaussian entries (the default)", normal, elementwise=True
+        ),
+        SamplerSpec("rademacher", "i.i.d. +-1 entries", rademacher, elementwise=True),
         SamplerSpec(
             "orthonormal",
             "k orthogonal tangents of norm sqrt(n) (QR of a Gaussian block)",

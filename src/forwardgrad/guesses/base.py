@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..jvp import SiteContext
-from ..samplers import sample_tangents
+from ..samplers import SAMPLERS, sample_tangents
 from ..sites import SitePlan
 
 
@@ -31,8 +31,8 @@ class GuessOptions:
     normalize: bool = False  # isotropic guesses: unit-norm tangents
     angle: float = 45.0  # sampler "angle": degrees to the base tangent
     max_length: float = 4.0  # sampler "varying-length": L
-    oversample: int = 10  # wperp randomized: extra subspace dimensions
-    power_iterations: int = 4  # wperp randomized: subspace iterations
+    oversample: int = 2  # wperp randomized: extra dimensions of each Krylov block
+    power_iterations: int = 1  # wperp randomized: Krylov steps (applies of W~^T W~ beyond one)
     ns_refresh: int = 50  # wperp newton-schulz: steps between sigma_k estimates
 
 
@@ -88,14 +88,27 @@ def isotropic_site_tangents(ctx: SiteContext, k: int, generator: torch.Generator
 
 
 class IsotropicActivityGuess(Guess):
-    """Draws one global tangent block over all sites per step and hands each site its slice,
-    so structured samplers (orthonormal, fixed angle) act on the whole activity space."""
+    """Isotropic tangents over the whole activity space, handed to each site as its slice.
+
+    Samplers that draw every coordinate independently (normal, rademacher, unnormalised) are
+    drawn site by site, which is the same distribution and keeps only one site's tangents alive.
+    Samplers that couple coordinates (orthonormal, fixed angle, varying length, normalize) draw
+    one global block per step, so that their structure holds over all sites together.
+    """
 
     isotropic = True
+
+    @property
+    def draws_per_site(self) -> bool:
+        spec = SAMPLERS.get(self.options.sampler)  # unknown names fail in sample_tangents
+        return spec is not None and spec.elementwise and not self.options.normalize
 
     def begin_step(
         self, plan: SitePlan, batch_size: int, k: int, generator: torch.Generator
     ) -> None:
+        self._block = None
+        if self.draws_per_site:
+            return
         o = self.options
         self._block = sample_tangents(
             o.sampler,
@@ -111,6 +124,10 @@ class IsotropicActivityGuess(Guess):
         for w in plan.widths:
             self._offsets.append(self._offsets[-1] + w)
 
-    def _slice(self, ctx: SiteContext) -> Tensor:
+    def _slice(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if self._block is None:
+            shape = (ctx.batch_size,)
+            u = sample_tangents(self.options.sampler, k, shape, ctx.preact.shape[-1], generator)
+            return u.to(ctx.preact.dtype)
         i = ctx.index
         return self._block[..., self._offsets[i] : self._offsets[i + 1]].to(ctx.preact.dtype)

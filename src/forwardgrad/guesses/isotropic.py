@@ -50,7 +50,7 @@ class ActivationPerturbation(IsotropicActivityGuess):
     paper = "Ren et al. 2022; Singhal et al. 2023"
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        return self._slice(ctx)
+        return self._slice(ctx, k, generator)
 
 
 class MaskedActivationPerturbation(IsotropicActivityGuess):
@@ -72,4 +72,4 @@ class MaskedActivationPerturbation(IsotropicActivityGuess):
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         mask = (ctx.act_grad != 0).to(ctx.preact.dtype)
-        return self._slice(ctx) * mask
+        return self._slice(ctx, k, generator) * mask

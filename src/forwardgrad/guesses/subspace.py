@@ -6,10 +6,11 @@ W~⊥ needs only the span of the top-k right singular vectors of W~_b (``V_k U_k
 
 * ``svd``: exact, the reference: the float64 eigendecomposition of the masked Gram matrix,
   whose eigenvectors are the SVD's right singular vectors.
-* ``randomized``: subspace iteration on the masked Gram matrix. ``W^T W`` is formed once per
+* ``randomized``: a block Krylov method on the masked Gram matrix. ``W^T W`` is formed once per
   step and shared by the batch; the masks are applied per example as elementwise products, so each
-  iteration costs one ``(d, d) x (d, B p)`` matmul instead of B SVDs. A Rayleigh-Ritz step on the
-  ``p = k + oversample`` dimensional subspace gives the top-k vectors and singular values.
+  apply costs one ``(d, d) x (d, B p)`` matmul instead of B SVDs. A Rayleigh-Ritz step on the
+  Krylov space gives the top-k vectors and singular values. When the next layer is narrow the
+  exact answer comes cheaper from its small Gram matrix.
 """
 
 from __future__ import annotations
@@ -69,33 +70,48 @@ def svd_subspace(
     return sel, torch.ones(sel.shape[0], kk, dtype=weight.dtype, device=weight.device)
 
 
-def _masked_gram_apply(gram: Tensor, mask: Tensor, q: Tensor) -> Tensor:
-    """``diag(m_b) G diag(m_b) q_b`` for all b: gram (d, d), mask (B, d), q (B, d, p)."""
-    b, d, p = q.shape
-    mq = (q * mask.unsqueeze(-1)).transpose(0, 1).reshape(d, b * p)  # (d, B p)
-    y = (gram @ mq).reshape(d, b, p).transpose(0, 1)  # (B, d, p)
-    return y * mask.unsqueeze(-1)
+def _row_space_subspace(weight: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k right singular subspace when the next layer is narrow (``d2 <= k + few``).
 
-
-def _orthonormalize(q: Tensor) -> Tensor:
-    """Orthonormal columns spanning q (B, d, p) by shifted Cholesky-QR in float64.
-
-    Much cheaper than Householder QR for tall, thin blocks. Columns are first scaled to unit
-    norm (power iterations spread their norms over many orders of magnitude) and the p x p Gram
-    matrix is factored in float64 with a tiny shift, which keeps rank-deficient blocks (fewer
-    active units than p) factorable; their surplus columns just shrink. Blocks that still fail
-    are orthonormalised by Householder QR, which gives the same span.
+    ``W~_b = W diag(m_b)`` has rank at most d2, so its right singular vectors come from the
+    small ``(d2, d2)`` Gram matrix ``W~ W~^T = W diag(m_b^2) W^T`` (float64 eigh):
+    ``V = W~^T U S^{-1}``. Directions with a numerically zero singular value get a zero column.
     """
-    q64 = q.double()
-    q64 = q64 / q64.norm(dim=-2, keepdim=True).clamp_min(1e-300)
-    gram = q64.transpose(-1, -2) @ q64
-    p = gram.shape[-1]
-    eye = torch.eye(p, dtype=gram.dtype, device=gram.device)
-    chol, info = torch.linalg.cholesky_ex(gram + 1e-10 * eye)
-    if bool((info > 0).any()):
-        return torch.linalg.qr(q64)[0].to(q.dtype)
-    out = torch.linalg.solve_triangular(chol, q64.transpose(-1, -2), upper=False).transpose(-1, -2)
-    return out.to(q.dtype)
+    d2, d1 = weight.shape
+    w64, m64 = weight.double(), mask.double()
+    left = torch.einsum("ed,bd,fd->bef", w64, m64 * m64, w64)  # (B, d2, d2)
+    evals, evecs = torch.linalg.eigh(left)
+    kk = min(k, d2)
+    evals, evecs = evals[..., -kk:].flip(-1), evecs[..., -kk:].flip(-1)  # descending
+    svals = evals.clamp_min(0).sqrt()
+    keep = _numerical_keep(svals, d2, d1)
+    inv = torch.where(keep, 1.0 / svals.where(keep, torch.ones_like(svals)), 0.0)
+    basis = torch.einsum("ed,bd,bek->bdk", w64, m64, evecs * inv.unsqueeze(1))
+    return basis.to(weight.dtype), svals.to(weight.dtype)
+
+
+# Subspace iterations on the unmasked Gram matrix for the start block (costs ~d1^2 p each).
+_START_ITERATIONS = 10
+
+# Shift of the Krylov blocks' Gram matrix, relative to its largest diagonal entry.
+_KRYLOV_SHIFT = 1e-5
+
+
+def _orthonormal_columns(v: Tensor) -> Tensor:
+    """Orthonormalise the columns of v (B, d, k) in place of their span (float64 Cholesky-QR
+    twice). Columns that are numerically zero (fewer active units than k) stay zero."""
+    for _ in range(2):
+        norms = v.norm(dim=-2, keepdim=True)
+        alive = norms > 1e-8 * norms.amax(-1, keepdim=True)
+        v = torch.where(alive, v / norms.clamp_min(1e-300), 0.0)
+        gram = v.transpose(-1, -2) @ v
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        gram = gram + (~alive).to(gram.dtype).squeeze(-2).diag_embed()  # factor dead columns
+        chol, info = torch.linalg.cholesky_ex(gram + 1e-14 * eye)
+        if bool((info > 0).any()):
+            return torch.linalg.qr(v)[0] * alive
+        v = torch.linalg.solve_triangular(chol, v.transpose(-1, -2), upper=False).transpose(-1, -2)
+    return v
 
 
 def randomized_subspace(
@@ -103,30 +119,77 @@ def randomized_subspace(
     mask: Tensor,
     k: int,
     generator: torch.Generator,
-    oversample: int = 10,
-    iterations: int = 4,
+    oversample: int = 2,
+    iterations: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Top-k right singular subspace by subspace iteration on the masked Gram matrix.
+    """Top-k right singular subspace of every ``W diag(m_b)`` by a block Krylov method.
 
-    Returns ``basis (B, d1, k)`` and the estimated singular values ``(B, k)`` (descending).
+    Per example, the masked Gram matrix ``A_b = diag(m_b) G diag(m_b)`` (``G = W^T W``, formed
+    once and shared by the batch) is applied ``iterations + 1`` times to a random block of
+    ``p = k + oversample`` vectors; all the blocks together span the Krylov space
+    ``[Z, A Z, ..., A^q Z]``, and a Rayleigh-Ritz step on it gives the top-k vectors. A Krylov
+    space of dimension ``p (q + 1)`` captures far more of the top-k subspace than q steps of
+    subspace iteration on a block of the same total cost, which matters on the flat spectra of
+    freshly initialised layers. Every apply to the whole batch is one ``(d, d) x (d, B p)``
+    matmul in the input precision; the small ``(B, P, P)`` Gram and projected matrices are
+    formed and solved in float64 (the Krylov blocks are nearly parallel, so their Gram matrix
+    is ill-conditioned in float32). Narrow next layers (``d2 <= p``) are solved exactly through
+    the ``(d2, d2)`` Gram matrix instead.
+
+    Returns ``basis (B, d1, k)`` (orthonormal columns) and the estimated singular values
+    ``(B, k)`` (descending).
     """
     d2, d1 = weight.shape
     b = mask.shape[0]
     p = min(k + oversample, d1)
-    if p >= d1:  # the subspace is the whole space: solve exactly
+    if d2 <= p:
+        return _row_space_subspace(weight, mask, k)
+    if p * (iterations + 1) >= d1:  # the Krylov space would be the whole space: solve exactly
         basis, svals = exact_subspace(weight, mask)
         kk = min(k, basis.shape[-1])
         return basis[..., :kk], svals[..., :kk]
-    gram = weight.t() @ weight  # formed once per step, shared by every example
-    q = torch.randn(b, d1, p, generator=generator, device=generator.device, dtype=weight.dtype)
-    q = _orthonormalize(q * mask.unsqueeze(-1))
-    for _ in range(iterations):
-        q = _orthonormalize(_masked_gram_apply(gram, mask, q))
-    q = _orthonormalize(
-        q
-    )  # a second pass (Cholesky-QR2) restores orthonormality to float precision
-    small = q.transpose(-1, -2) @ _masked_gram_apply(gram, mask, q)  # Rayleigh-Ritz, (B, p, p)
-    evals, evecs = torch.linalg.eigh((0.5 * (small + small.transpose(-1, -2))).double())
+    gram = weight.t() @ weight  # (d1, d1), shared by every example
+    mt = mask.t().unsqueeze(-1)  # (d1, B, 1): examples stay on the middle axis, no transposes
+
+    def apply(z: Tensor) -> Tensor:  # A_b z_b for every b: (d1, B, c) -> (d1, B, c)
+        c = z.shape[-1]
+        return (gram @ (z * mt).reshape(d1, b * c)).reshape(d1, b, c) * mt
+
+    def unit_columns(z: Tensor) -> Tensor:  # the span is unchanged; magnitudes stay bounded
+        return z / z.norm(dim=0, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+
+    # Start block: the top-p right singular directions of the unmasked W (a few cheap
+    # iterations on the shared (d1, d1) Gram matrix), masked per example. Far better than a
+    # random start: on initialised layers the Krylov step from it captures about as much of each
+    # example's top-k subspace as two more iterations from a random start.
+    start = torch.randn(d1, p, generator=generator, device=generator.device, dtype=weight.dtype)
+    for _ in range(_START_ITERATIONS):
+        start = torch.linalg.qr(gram @ start)[0]
+    z = unit_columns(start.unsqueeze(1) * mt)
+    blocks, applied = [z], []
+    for step in range(iterations + 1):
+        y = apply(blocks[-1])
+        applied.append(y)  # A times the block just added
+        if step < iterations:
+            blocks.append(unit_columns(y))
+    x = torch.cat(blocks, -1).permute(1, 0, 2).double()  # (B, d1, P)
+    ax = torch.cat(applied, -1).permute(1, 0, 2).double()  # A_b x_b, (B, d1, P)
+    xx = x.transpose(-1, -2) @ x  # (B, P, P)
+    xax = x.transpose(-1, -2) @ ax
+    # Rayleigh-Ritz in the metric x^T x + delta: with its Cholesky factor L, the top
+    # eigenvectors E of L^-1 x^T A x L^-T give Ritz vectors x L^-T E. Krylov blocks are nearly
+    # parallel and A x carries float32 rounding, so the shift delta (relative to the float32
+    # noise level) keeps L^-1 from amplifying that rounding into spurious Ritz values; it damps
+    # only directions the blocks barely reach, and the k Ritz vectors are re-orthonormalised.
+    scale = xx.diagonal(dim1=-2, dim2=-1).amax(-1).view(-1, 1, 1)
+    eye = torch.eye(xx.shape[-1], dtype=xx.dtype, device=xx.device)
+    chol = torch.linalg.cholesky(xx + _KRYLOV_SHIFT * scale * eye)
+    half = torch.linalg.solve_triangular(chol, xax, upper=False)  # L^-1 x^T A x
+    small = torch.linalg.solve_triangular(chol, half.transpose(-1, -2), upper=False)
+    evals, evecs = torch.linalg.eigh(0.5 * (small + small.transpose(-1, -2)))
     kk = min(k, p, d2)
-    basis = q @ evecs[..., -kk:].flip(-1).to(weight.dtype)
-    return basis, evals[..., -kk:].flip(-1).clamp_min(0).sqrt().to(weight.dtype)
+    top = evecs[..., -kk:].flip(-1)  # (B, P, k)
+    basis = x @ torch.linalg.solve_triangular(chol.transpose(-1, -2), top, upper=True)
+    basis = _orthonormal_columns(basis)
+    svals = evals[..., -kk:].flip(-1).clamp_min(0).sqrt()
+    return basis.to(weight.dtype), svals.to(weight.dtype)
