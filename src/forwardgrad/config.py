@@ -55,6 +55,7 @@ class TrainConfig:
     device: str = "cpu"
     # bookkeeping
     checkpoint_every: int = 1
+    probe_every: int = 0  # epochs between gradient probes (probes.jsonl); 0 = never
 
     GUESS_OPTION_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "rank",
@@ -81,6 +82,8 @@ class TrainConfig:
                 )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if self.probe_every < 0:
+            raise ConfigError(f"probe_every must be >= 0 (0: no probes); got {self.probe_every}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 A run directory holds ``config.json`` (the full config, seed and versions), ``metrics.jsonl``
 (one line per epoch), ``checkpoint.pt`` (the last good state, for ``--resume``) and
-``summary.json``. Every file is written atomically.
+``summary.json``; with ``probe_every`` N > 0 also ``probes.jsonl`` (the gradient estimate against
+backprop on a fixed batch of the training set, at epoch 0 and every N epochs). Every file is
+written atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 from . import __version__
 from .config import ConfigError, TrainConfig, config_from_mapping
 from .data import Dataset, load_dataset
+from .diagnostics import probe
 from .estimator import Estimator, cross_entropy_per_example
 from .io import read_jsonl, save_torch, write_json, write_jsonl
 from .models import mlp
@@ -62,6 +66,27 @@ def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
         chunk_size=cfg.chunk_size,
         **cfg.guess_options(),
     )
+
+
+# Offsets from the run's seed for the probe's own random streams, so probing never draws from
+# the training run's generators and a run with probes follows the same trajectory as one without.
+PROBE_SEED_OFFSET = 3
+
+
+def probe_batch(
+    data: Dataset, size: int, seed: int, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """A fixed batch of ``size`` training examples (features, labels), chosen by ``seed``."""
+    n = len(data.x_train)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed + PROBE_SEED_OFFSET))
+    pick = pick[: min(size, n)]
+    x = data.features(data.x_train[pick]).to(device)
+    return x, data.y_train[pick].to(device)
+
+
+def build_probe_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
+    """The run's estimator with its own tangent seed, for probes beside training."""
+    return build_estimator(dataclasses.replace(cfg, seed=cfg.seed + PROBE_SEED_OFFSET), model)
 
 
 @torch.no_grad()
@@ -137,8 +162,18 @@ def train(
     )
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     augment = torch.Generator().manual_seed(cfg.seed + 2)  # on-the-fly augmentation, if any
+    probe_estimator = build_probe_estimator(cfg, model) if cfg.probe_every else None
+    if probe_estimator is not None:
+        probe_x, probe_y = probe_batch(data, cfg.batch_size, cfg.seed, device)
+
+    def run_probe(epoch: int, step: int) -> None:
+        probe_rows.append(
+            {"epoch": epoch, "step": step, **probe(model, probe_estimator, probe_x, probe_y)}
+        )
+        write_jsonl(out / "probes.jsonl", probe_rows)
 
     rows: list[dict] = []
+    probe_rows: list[dict] = []
     start_epoch, step, elapsed = 0, 0, 0.0
     if resume:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -150,6 +185,10 @@ def train(
             augment.set_state(state["augment"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
         rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= start_epoch]
+        if probe_estimator is not None:
+            if "probe_estimator" in state:
+                probe_estimator.load_state_dict(state["probe_estimator"])
+            probe_rows = [r for r in read_jsonl(out / "probes.jsonl") if r["epoch"] <= start_epoch]
     else:
         write_json(
             out / "config.json",
@@ -160,6 +199,8 @@ def train(
                 "environment": _environment(),
             },
         )
+        if probe_estimator is not None:
+            run_probe(0, 0)  # the starting point of the trajectory
 
     status, failure = "completed", None
     bar = _progress(
@@ -205,20 +246,22 @@ def train(
                 }
             )
             write_jsonl(out / "metrics.jsonl", rows)
+            if probe_estimator is not None and (epoch + 1) % cfg.probe_every == 0:
+                run_probe(epoch + 1, step)  # before the checkpoint, which saves its generator
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                save_torch(
-                    ckpt_path,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "estimator": estimator.state_dict(),
-                        "shuffle": shuffle.get_state(),
-                        "augment": augment.get_state(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "elapsed": elapsed,
-                    },
-                )
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "estimator": estimator.state_dict(),
+                    "shuffle": shuffle.get_state(),
+                    "augment": augment.get_state(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "elapsed": elapsed,
+                }
+                if probe_estimator is not None:
+                    state["probe_estimator"] = probe_estimator.state_dict()
+                save_torch(ckpt_path, state)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(
                     loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", test=f"{test_acc:.3f}"
