@@ -26,7 +26,10 @@ class DependentTangentsWarning(UserWarning):
 
 
 def aggregate_sum(tangents: Tensor, jvps: Tensor) -> Tensor:
-    return torch.einsum("k...n,k...->...n", tangents, jvps)
+    if tangents.dim() == 3:  # (k, B, n): one batched matmul, no copies (einsum permutes)
+        coef = jvps.t().unsqueeze(1).to(tangents.dtype)  # (B, 1, k)
+        return torch.bmm(coef, tangents.transpose(0, 1)).squeeze(1)
+    return torch.einsum("k...n,k...->...n", tangents, jvps.to(tangents.dtype))
 
 
 def aggregate_mean(tangents: Tensor, jvps: Tensor) -> Tensor:
@@ -47,11 +50,14 @@ def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> T
         low-memory mode never needs all tangents at once.
     """
     k = gram.shape[-1]
+    # A Gram matrix formed in float32 carries rounding of about n * eps32 relative to its
+    # largest eigenvalue, so eigenvalues below that are noise whatever the tangents' precision.
+    gram_noise = max(k, n) * torch.finfo(gram.dtype).eps
     gram = gram.to(torch.float64)
     d = jvps.movedim(0, -1).to(torch.float64).unsqueeze(-1)  # (*batch, k, 1)
     evals, evecs = torch.linalg.eigh(gram)
     # Rank tolerance of the input precision (as numpy.linalg.matrix_rank), squared for the Gram.
-    tol = (max(k, n) * eps) ** 2 * evals[..., -1:].clamp_min(0)
+    tol = max((max(k, n) * eps) ** 2, gram_noise) * evals[..., -1:].clamp_min(0)
     keep = evals > tol
     inv = torch.where(
         keep, 1.0 / evals.where(keep, torch.ones_like(evals)), torch.zeros_like(evals)
@@ -69,9 +75,17 @@ def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> T
     return coef.squeeze(-1).movedim(-1, 0)
 
 
-def tangent_gram(tangents: Tensor) -> Tensor:
-    """``G = V V^T`` per batch index in float64: tangents (k, *batch, n) -> (*batch, k, k)."""
-    v = tangents.movedim(0, -2).to(torch.float64)
+def tangent_gram(tangents: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """``G = V V^T`` per batch index: tangents (k, *batch, n) -> (*batch, k, k).
+
+    ``dtype`` is the precision the products are formed in: float64 (default) resolves the rank
+    to the tangents' own precision; None keeps the tangents' dtype, about 10x faster for float32
+    tangents, and :func:`projection_coefficients` then treats directions below the float32
+    Gram's rounding as dependent (sigma_min / sigma_max < sqrt(n eps32)).
+    """
+    v = tangents.movedim(0, -2)
+    if dtype is not None:
+        v = v.to(dtype)
     return v @ v.transpose(-1, -2)
 
 

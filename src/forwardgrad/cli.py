@@ -22,6 +22,7 @@ _FLAG_HELP = {
     "aggregate": "sum | mean | projection",
     "scope": "projection scope: global | site",
     "chunk_size": "push at most this many tangents at once",
+    "low_memory": "activity guesses: regenerate tangents in a second pass (true/false)",
     "rank": "wperp: kept singular directions k, or 'full'",
     "solver": "wperp: svd | randomized | newton-schulz",
     "bottom": "wperp: bottom-k ablation (true/false)",
@@ -40,6 +41,7 @@ _FLAG_HELP = {
     "seed": "random seed (model init, shuffling, tangents)",
     "device": "torch device, e.g. cpu or cuda",
     "checkpoint_every": "epochs between checkpoints",
+    "probe_every": "epochs between gradient probes against backprop, in probes.jsonl (0: none)",
 }
 
 
@@ -161,9 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="name every guess, sampler, aggregation, dataset and optimizer")
     p.set_defaults(func=cmd_list)
 
+    from .cli_bench import add_bench_parser
+    from .cli_optimize import add_optimize_parsers
+    from .cli_probe import add_probe_parser
+    from .cli_reproduce import add_reproduce_parser
     from .data.cli_data import add_data_parser
 
     add_data_parser(sub)
+    add_probe_parser(sub)
+    add_reproduce_parser(sub)
+    add_optimize_parsers(sub)
+    add_bench_parser(sub)
     return parser
 
 

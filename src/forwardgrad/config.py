@@ -35,6 +35,7 @@ class TrainConfig:
     aggregate: str = "mean"
     scope: str = "global"
     chunk_size: int | None = None
+    low_memory: bool = False  # activity guesses: two passes, memory flat in depth
     rank: int | None = 10  # None (TOML/CLI: "full") = numerical rank
     solver: str = "randomized"
     bottom: bool = False

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aggregate import AGGREGATIONS, aggregate, projection_coefficients, tangent_gram
+from .aggregate import (
+    AGGREGATIONS,
+    aggregate,
+    aggregate_sum,
+    projection_coefficients,
+    tangent_gram,
+)
 from .guesses import GuessOptions, make_guess
 from .jvp import LossFn, SiteContext, forward_jvp
 from .sites import find_sites
@@ -185,6 +191,20 @@ class Estimator:
         if problem:
             raise ValueError(f"low_memory needs tangents drawn site by site: {problem}")
 
+    def _projection_coefficients(self, grams: list[Tensor], d: Tensor) -> list[Tensor]:
+        """Per-site coefficients ``c (k, B)`` of the projection ``g_i = sum_j c_j u_ij``.
+
+        The Gram matrices come per site, formed in the tangents' precision (see
+        :func:`~forwardgrad.aggregate.tangent_gram`); scope ``global`` projects onto the span
+        of the tangents over all sites at once (one coefficient vector for every site).
+        """
+        widths = self.plan.widths
+        eps = torch.finfo(d.dtype).eps
+        if self.scope == "global":
+            coef = projection_coefficients(sum(grams), d, sum(widths), eps).to(d.dtype)
+            return [coef] * len(grams)
+        return [projection_coefficients(g, d, w, eps).to(d.dtype) for g, w in zip(grams, widths)]
+
     def _site_draws(self, k: int):
         """Per-step tangent drawing from one seed, re-seeded at every site.
 
@@ -214,13 +234,12 @@ class Estimator:
         begin, draw = self._site_draws(k)
         guess_state = copy.deepcopy(self.guess.state_dict())
         projection = self.aggregation == "projection"
-        grams: list[Tensor] = []  # per site (B, k, k) in float64; small, independent of width
-        eps = torch.finfo(x.dtype).eps if x.is_floating_point() else 1e-7
+        grams: list[Tensor] = []  # per site (B, k, k); small, independent of width
 
         def first_pass(ctx: SiteContext) -> Tensor | None:
             u = draw(ctx)
             if u is not None and projection:
-                grams.append(tangent_gram(u))
+                grams.append(tangent_gram(u, None))
             return u
 
         begin(batch)
@@ -235,28 +254,20 @@ class Estimator:
             keep_tangents=False,
         )
         d = res.jvps  # (k, B)
-        coefs: list[Tensor] = []
-        if not projection:
-            coef = d / k if self.aggregation == "mean" else d
-        elif self.scope == "global":
-            n = sum(self.plan.widths)
-            coef = projection_coefficients(sum(grams), d, n, eps).to(d.dtype)
+        if projection:
+            coefs = self._projection_coefficients(grams, d)
         else:
-            widths = self.plan.widths
-            coefs = [
-                projection_coefficients(g, d, w, eps).to(d.dtype) for g, w in zip(grams, widths)
-            ]
+            coefs = [d / k if self.aggregation == "mean" else d] * len(self.plan)
         grams.clear()
 
         def second_pass(ctx: SiteContext) -> None:
             u = draw(ctx)
             if u is None:
                 return None
-            c = coefs[ctx.index] if coefs else coef
-            g = torch.einsum("kbd,kb->bd", u, c)  # this site's estimate of dl_b/ds_i
+            g = aggregate_sum(u, coefs[ctx.index])  # this site's estimate of dl_b/ds_i
             module = ctx.site.module
             if module.weight.requires_grad:
-                emit(module.weight, g.t() @ ctx.inputs / batch)
+                emit(module.weight, (g.t() @ ctx.inputs).div_(batch))
             if module.bias is not None and module.bias.requires_grad:
                 emit(module.bias, g.mean(0))
             return None  # nothing is pushed forward: this pass is primal only
@@ -304,11 +315,11 @@ class Estimator:
             inputs, loss = res.inputs, res.losses.mean()
         d = torch.cat(jvps, 0)  # (k, B)
         per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
-        if self.aggregation == "projection" and self.scope == "global":
-            g_all = aggregate("projection", torch.cat(per_site, -1), d)  # (B, n)
-            g_sites = list(g_all.split(self.plan.widths, dim=-1))
-        else:
+        if self.aggregation != "projection":
             g_sites = [aggregate(self.aggregation, u, d) for u in per_site]  # each (B, d_i)
+        else:
+            coefs = self._projection_coefficients([tangent_gram(u, None) for u in per_site], d)
+            g_sites = [aggregate_sum(u, c) for u, c in zip(per_site, coefs)]
         return loss, g_sites, inputs
 
     def _activity_space(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
@@ -316,7 +327,7 @@ class Estimator:
         grads: dict[nn.Parameter, Tensor] = {}
         batch = x.shape[0]
         for site, g, h in zip(self.plan.sites, g_sites, inputs):
-            grads[site.module.weight] = g.t() @ h / batch
+            grads[site.module.weight] = (g.t() @ h).div_(batch)
             if site.module.bias is not None:
                 grads[site.module.bias] = g.mean(0)
         return loss, self._trained_only(grads)

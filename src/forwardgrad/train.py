@@ -64,6 +64,7 @@ def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
         scope=cfg.scope,
         seed=cfg.seed,
         chunk_size=cfg.chunk_size,
+        low_memory=cfg.low_memory,
         **cfg.guess_options(),
     )
 
