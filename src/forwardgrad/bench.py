@@ -128,6 +128,9 @@ def targets_preset() -> Preset:
                 _activation(16),
                 _activation(16, "projection"),
                 _activation(1, low_memory=True),
+                Method(
+                    "activation k=1 rademacher", "activation", options=(("sampler", "rademacher"),)
+                ),
                 Method("wt k=1", "wt"),
                 Method("weight k=1", "weight"),
             ),

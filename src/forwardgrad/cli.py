@@ -25,6 +25,8 @@ _FLAG_HELP = {
     "low_memory": "activity guesses: regenerate tangents in a second pass (true/false)",
     "rank": "wperp: kept singular directions k, or 'full'",
     "solver": "wperp: svd | randomized | newton-schulz",
+    "power_iterations": "wperp randomized: Krylov steps (1 default; more is closer to svd)",
+    "oversample": "wperp randomized: extra vectors per Krylov block",
     "bottom": "wperp: bottom-k ablation (true/false)",
     "sigma": "preconditioned: regulariser sigma",
     "layers": "downstream: number of downstream layers",

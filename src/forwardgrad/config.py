@@ -38,6 +38,8 @@ class TrainConfig:
     low_memory: bool = False  # activity guesses: two passes, memory flat in depth
     rank: int | None = 10  # None (TOML/CLI: "full") = numerical rank
     solver: str = "randomized"
+    power_iterations: int = 1  # wperp randomized: Krylov steps beyond the first apply
+    oversample: int = 2  # wperp randomized: extra vectors per Krylov block
     bottom: bool = False
     sigma: float = 1e-5
     layers: int = 1
@@ -61,6 +63,8 @@ class TrainConfig:
     GUESS_OPTION_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "rank",
         "solver",
+        "power_iterations",
+        "oversample",
         "bottom",
         "sigma",
         "layers",
@@ -81,6 +85,11 @@ class TrainConfig:
                     f"{key} must be {'>= 0' if key == 'depth' else '>= 1'}; "
                     f"got {getattr(self, key)}"
                 )
+        if self.power_iterations < 0 or self.oversample < 0:
+            raise ConfigError(
+                f"power_iterations and oversample must be >= 0; got {self.power_iterations}, "
+                f"{self.oversample}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if self.probe_every < 0:

@@ -110,7 +110,10 @@ def _orthonormal_columns(v: Tensor) -> Tensor:
         chol, info = torch.linalg.cholesky_ex(gram + 1e-14 * eye)
         if bool((info > 0).any()):
             return torch.linalg.qr(v)[0] * alive
-        v = torch.linalg.solve_triangular(chol, v.transpose(-1, -2), upper=False).transpose(-1, -2)
+        # v L^-T through the small explicit inverse: a batched triangular solve with a (k, d)
+        # right-hand side per example is an order of magnitude slower than this matmul.
+        inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        v = v @ inv.transpose(-1, -2)
     return v
 
 
@@ -172,16 +175,19 @@ def randomized_subspace(
         applied.append(y)  # A times the block just added
         if step < iterations:
             blocks.append(unit_columns(y))
-    x = torch.cat(blocks, -1).permute(1, 0, 2).double()  # (B, d1, P)
-    ax = torch.cat(applied, -1).permute(1, 0, 2).double()  # A_b x_b, (B, d1, P)
-    xx = x.transpose(-1, -2) @ x  # (B, P, P)
-    xax = x.transpose(-1, -2) @ ax
+    x = torch.cat(blocks, -1).permute(1, 0, 2)  # (B, d1, P)
+    ax = torch.cat(applied, -1).permute(1, 0, 2)  # A_b x_b, (B, d1, P)
+    # The (B, P, P) products in the input precision (their float32 rounding, ~sqrt(d1) eps32
+    # relative, sits well below the shift below), the small solves in float64.
+    xx = (x.transpose(-1, -2) @ x).double()
+    xax = (x.transpose(-1, -2) @ ax).double()
     # Rayleigh-Ritz in the metric x^T x + delta: with its Cholesky factor L, the top
     # eigenvectors E of L^-1 x^T A x L^-T give Ritz vectors x L^-T E. Krylov blocks are nearly
     # parallel and A x carries float32 rounding, so the shift delta (relative to the float32
     # noise level) keeps L^-1 from amplifying that rounding into spurious Ritz values; it damps
     # only directions the blocks barely reach, and the k Ritz vectors are re-orthonormalised.
-    scale = xx.diagonal(dim1=-2, dim2=-1).amax(-1).view(-1, 1, 1)
+    # (clamped: an example whose units are all inactive has x = 0 and gets a zero basis)
+    scale = xx.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30).view(-1, 1, 1)
     eye = torch.eye(xx.shape[-1], dtype=xx.dtype, device=xx.device)
     chol = torch.linalg.cholesky(xx + _KRYLOV_SHIFT * scale * eye)
     half = torch.linalg.solve_triangular(chol, xax, upper=False)  # L^-1 x^T A x
@@ -189,7 +195,7 @@ def randomized_subspace(
     evals, evecs = torch.linalg.eigh(0.5 * (small + small.transpose(-1, -2)))
     kk = min(k, p, d2)
     top = evecs[..., -kk:].flip(-1)  # (B, P, k)
-    basis = x @ torch.linalg.solve_triangular(chol.transpose(-1, -2), top, upper=True)
-    basis = _orthonormal_columns(basis)
+    coef = torch.linalg.solve_triangular(chol.transpose(-1, -2), top, upper=True)
+    basis = _orthonormal_columns((x @ coef.to(x.dtype)).double())
     svals = evals[..., -kk:].flip(-1).clamp_min(0).sqrt()
     return basis.to(weight.dtype), svals.to(weight.dtype)
