@@ -26,6 +26,8 @@ class DependentTangentsWarning(UserWarning):
 
 
 def aggregate_sum(tangents: Tensor, jvps: Tensor) -> Tensor:
+    if tangents.shape[0] == 1:  # one tangent: a plain scaling (bmm loops over the batch)
+        return tangents[0] * jvps[0].to(tangents.dtype).reshape(*jvps.shape[1:], 1)
     if tangents.dim() == 3:  # (k, B, n): one batched matmul, no copies (einsum permutes)
         coef = jvps.t().unsqueeze(1).to(tangents.dtype)  # (B, 1, k)
         return torch.bmm(coef, tangents.transpose(0, 1)).squeeze(1)
@@ -33,7 +35,8 @@ def aggregate_sum(tangents: Tensor, jvps: Tensor) -> Tensor:
 
 
 def aggregate_mean(tangents: Tensor, jvps: Tensor) -> Tensor:
-    return aggregate_sum(tangents, jvps) / tangents.shape[0]
+    k = tangents.shape[0]
+    return aggregate_sum(tangents, jvps / k if k > 1 else jvps)  # scale the (k, B) factors
 
 
 def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> Tensor:

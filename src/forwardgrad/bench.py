@@ -142,7 +142,15 @@ def targets_preset() -> Preset:
             3,
             512,
             512,
-            (Method("wt", "wt"), Method("wperp rank 10", "wperp", options=(("rank", 10),))),
+            (
+                Method("wt", "wt"),
+                Method("wperp rank 10", "wperp", options=(("rank", 10),)),
+                Method(
+                    "wperp rank 10 bf16 Gram",
+                    "wperp",
+                    options=(("rank", 10), ("gram_dtype", "bfloat16")),
+                ),
+            ),
             in_features=40,
         ),
     ]
@@ -189,6 +197,13 @@ def targets_preset() -> Preset:
             "wperp (rank 10) step <= 5x a wt step, width 512",
             "time",
             (wperp_name, "wperp rank 10"),
+            (wperp_name, "wt"),
+            5.0,
+        ),
+        Target(
+            "wperp (rank 10, bf16 Gram applies) step <= 5x a wt step, width 512",
+            "time",
+            (wperp_name, "wperp rank 10 bf16 Gram"),
             (wperp_name, "wt"),
             5.0,
         ),

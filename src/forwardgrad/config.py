@@ -38,8 +38,9 @@ class TrainConfig:
     low_memory: bool = False  # activity guesses: two passes, memory flat in depth
     rank: int | None = 10  # None (TOML/CLI: "full") = numerical rank
     solver: str = "randomized"
-    power_iterations: int = 1  # wperp randomized: Krylov steps beyond the first apply
-    oversample: int = 2  # wperp randomized: extra vectors per Krylov block
+    power_iterations: int = 0  # wperp randomized: subspace iterations before the Nystrom apply
+    oversample: int = 6  # wperp randomized: block width beyond the rank (p = k + oversample)
+    gram_dtype: str = "float32"  # wperp randomized: precision of the Gram applies
     bottom: bool = False
     sigma: float = 1e-5
     layers: int = 1
@@ -65,6 +66,7 @@ class TrainConfig:
         "solver",
         "power_iterations",
         "oversample",
+        "gram_dtype",
         "bottom",
         "sigma",
         "layers",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,38 @@ def cross_entropy_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
-def _accumulate_grad(param: nn.Parameter, grad: Tensor) -> None:
-    if param.grad is None:
-        param.grad = grad.detach().clone()
-    else:
-        param.grad.add_(grad)
+LayerSink = Callable[[nn.Linear, Tensor, Tensor], None]
+"""``sink(layer, g (B, d_out), inputs (B, d_in))`` turns one layer's per-example estimates of
+``dl_b/ds`` into its weight and bias gradients (the mean over the batch)."""
+
+
+def _collect_into(grads: dict[nn.Parameter, Tensor]) -> LayerSink:
+    """A sink that stores each trained parameter's gradient in ``grads``."""
+
+    def sink(layer: nn.Linear, g: Tensor, inputs: Tensor) -> None:
+        if layer.weight.requires_grad:
+            grads[layer.weight] = (g.t() @ inputs).div_(g.shape[0])
+        if layer.bias is not None and layer.bias.requires_grad:
+            grads[layer.bias] = g.mean(0)
+
+    return sink
+
+
+def _accumulate_into_grad(layer: nn.Linear, g: Tensor, inputs: Tensor) -> None:
+    """A sink that adds each trained parameter's gradient to its ``.grad`` (as ``backward``
+    does), fused into one ``addmm_`` per weight: no gradient-sized temporary."""
+    batch = g.shape[0]
+    w, b = layer.weight, layer.bias
+    if w.requires_grad:
+        if w.grad is None:
+            w.grad = (g.t() @ inputs).div_(batch)
+        else:
+            w.grad.addmm_(g.t(), inputs, alpha=1.0 / batch)
+    if b is not None and b.requires_grad:
+        if b.grad is None:
+            b.grad = g.mean(0)
+        else:
+            b.grad.add_(g.sum(0), alpha=1.0 / batch)
 
 
 class Estimator:
@@ -131,22 +159,26 @@ class Estimator:
         with torch.no_grad():
             if self.guess.space == "weight":
                 return self._weight_space(x, targets, loss_fn)
+            grads: dict[nn.Parameter, Tensor] = {}
             if self.low_memory:
-                grads: dict[nn.Parameter, Tensor] = {}
-                loss = self._low_memory(x, targets, loss_fn, grads.__setitem__)
-                return loss, grads
-            return self._activity_space(x, targets, loss_fn)
+                loss = self._low_memory(x, targets, loss_fn, _collect_into(grads))
+            else:
+                loss = self._activity_space(x, targets, loss_fn, _collect_into(grads))
+            return loss, grads
 
     def step(self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None) -> Tensor:
         """Estimate the gradient and accumulate it into ``.grad`` (as ``backward`` would).
 
         Returns the batch's mean loss (a detached scalar tensor).
         """
-        if self.low_memory:
-            # Layer by layer into .grad, so no dict of all gradients is held at once.
+        if self.guess.space == "activity":
+            # Layer by layer straight into .grad: no dict of all gradients is held at once.
             self._check_batch(x, targets)
+            loss_fn = loss_fn or self.loss_fn
             with torch.no_grad():
-                return self._low_memory(x, targets, loss_fn or self.loss_fn, _accumulate_grad)
+                if self.low_memory:
+                    return self._low_memory(x, targets, loss_fn, _accumulate_into_grad)
+                return self._activity_space(x, targets, loss_fn, _accumulate_into_grad)
         loss, grads = self.estimate(x, targets, loss_fn)
         for p, g in grads.items():
             if p.grad is None:
@@ -225,10 +257,10 @@ class Estimator:
 
         return begin, draw
 
-    def _low_memory(self, x: Tensor, targets: Tensor, loss_fn: LossFn, emit) -> Tensor:
+    def _low_memory(self, x: Tensor, targets: Tensor, loss_fn: LossFn, sink: LayerSink) -> Tensor:
         """Two passes, each site's tangents drawn twice from the same seed; see ``low_memory``.
 
-        ``emit(param, grad)`` receives each layer's gradient as soon as it is known.
+        ``sink`` receives each layer's estimates as soon as they are known.
         """
         k, batch = self.num_tangents, x.shape[0]
         begin, draw = self._site_draws(k)
@@ -264,12 +296,7 @@ class Estimator:
             u = draw(ctx)
             if u is None:
                 return None
-            g = aggregate_sum(u, coefs[ctx.index])  # this site's estimate of dl_b/ds_i
-            module = ctx.site.module
-            if module.weight.requires_grad:
-                emit(module.weight, (g.t() @ ctx.inputs).div_(batch))
-            if module.bias is not None and module.bias.requires_grad:
-                emit(module.bias, g.mean(0))
+            sink(ctx.site.module, aggregate_sum(u, coefs[ctx.index]), ctx.inputs)
             return None  # nothing is pushed forward: this pass is primal only
 
         self.guess.load_state_dict(guess_state)
@@ -313,8 +340,11 @@ class Estimator:
             jvps.append(res.jvps)
             site_tangents.append(res.tangents)
             inputs, loss = res.inputs, res.losses.mean()
-        d = torch.cat(jvps, 0)  # (k, B)
-        per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
+        if len(jvps) == 1:  # one chunk: no concatenation copies
+            d, per_site = jvps[0], site_tangents[0]
+        else:
+            d = torch.cat(jvps, 0)  # (k, B)
+            per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
         if self.aggregation != "projection":
             g_sites = [aggregate(self.aggregation, u, d) for u in per_site]  # each (B, d_i)
         else:
@@ -322,15 +352,13 @@ class Estimator:
             g_sites = [aggregate_sum(u, c) for u, c in zip(per_site, coefs)]
         return loss, g_sites, inputs
 
-    def _activity_space(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+    def _activity_space(
+        self, x: Tensor, targets: Tensor, loss_fn: LossFn, sink: LayerSink
+    ) -> Tensor:
         loss, g_sites, inputs = self._activity_estimates(x, targets, loss_fn)
-        grads: dict[nn.Parameter, Tensor] = {}
-        batch = x.shape[0]
         for site, g, h in zip(self.plan.sites, g_sites, inputs):
-            grads[site.module.weight] = (g.t() @ h).div_(batch)
-            if site.module.bias is not None:
-                grads[site.module.bias] = g.mean(0)
-        return loss, self._trained_only(grads)
+            sink(site.module, g, h)
+        return loss
 
     def _weight_space(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
         gen = self.generator

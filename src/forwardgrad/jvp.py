@@ -80,7 +80,8 @@ def _elementwise_chain(modules: list, s: Tensor) -> tuple[Tensor, Tensor]:
     if len(modules) == 1 and type(modules[0]) is torch.nn.ReLU:
         # The common case in closed form: no tangent of ones, two fewer (B, d) temporaries.
         # phi'(0) = 0, as PyTorch's own ReLU derivative.
-        return torch.relu(s), (s > 0).to(s.dtype)
+        out = torch.relu(s)
+        return out, torch.sign(out)  # 1 where s > 0, else 0, in one pass
     out, grad = s, None
     for m in modules:
         out, d = jvp(m, (out,), (torch.ones_like(out),))
@@ -184,19 +185,6 @@ def forward_jvp(
     for site in plan.sites:
         w, b = site.module.weight, site.module.bias
         s = torch.nn.functional.linear(h, w, b)
-        t_s = None if t is None else torch.matmul(t, w.t())
-        owned = t_s is not None  # whether t_s is this function's own buffer (safe in place)
-        t = None  # the previous layer's tangents are no longer needed: free them now
-        if weight_tangents is not None:
-            v_w = weight_tangents.get(f"{site.index}.weight")
-            if v_w is not None:
-                # V_W x for every tangent: (B, d_in) x (k, d_in, d_out) -> (k, B, d_out)
-                term = torch.matmul(h, v_w.transpose(1, 2))
-                t_s, owned = _accumulate(t_s, owned, term)
-            v_b = weight_tangents.get(f"{site.index}.bias")
-            if v_b is not None:
-                term = v_b.unsqueeze(1).expand(k, s.shape[0], -1)
-                t_s, owned = _accumulate(t_s, owned, term)
         if site.elementwise_followers:
             out, act_grad = _elementwise_chain(site.followers, s)
         else:
@@ -214,13 +202,31 @@ def forward_jvp(
                 loss_fn=loss_fn,
             )
             u = site_tangents(ctx)
-            if u is not None:
-                if u.shape != (k, *s.shape):
-                    raise ValueError(
-                        f"site {site.index}: tangents must have shape {(k, *s.shape)}, "
-                        f"got {tuple(u.shape)}"
-                    )
-                t_s, owned = _accumulate(t_s, owned, u)
+            if u is not None and u.shape != (k, *s.shape):
+                raise ValueError(
+                    f"site {site.index}: tangents must have shape {(k, *s.shape)}, "
+                    f"got {tuple(u.shape)}"
+                )
+        # Tangents arriving from the previous site, plus the injected ones, in one fused
+        # ``addmm`` when both exist; t_s is then this function's own buffer (safe in place).
+        if t is None:
+            t_s, owned = u, False
+        elif u is None:
+            t_s, owned = torch.matmul(t, w.t()), True
+        else:
+            t_s = torch.addmm(u.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), w.t())
+            t_s, owned = t_s.view(u.shape), True
+        t = None  # the previous layer's tangents are no longer needed: free them now
+        if weight_tangents is not None:
+            v_w = weight_tangents.get(f"{site.index}.weight")
+            if v_w is not None:
+                # V_W x for every tangent: (B, d_in) x (k, d_in, d_out) -> (k, B, d_out)
+                term = torch.matmul(h, v_w.transpose(1, 2))
+                t_s, owned = _accumulate(t_s, owned, term)
+            v_b = weight_tangents.get(f"{site.index}.bias")
+            if v_b is not None:
+                term = v_b.unsqueeze(1).expand(k, s.shape[0], -1)
+                t_s, owned = _accumulate(t_s, owned, term)
         if keep_inputs:
             result_inputs.append(h)
         if keep_tangents:

@@ -31,8 +31,9 @@ class GuessOptions:
     normalize: bool = False  # isotropic guesses: unit-norm tangents
     angle: float = 45.0  # sampler "angle": degrees to the base tangent
     max_length: float = 4.0  # sampler "varying-length": L
-    oversample: int = 2  # wperp randomized: extra dimensions of each Krylov block
-    power_iterations: int = 1  # wperp randomized: Krylov steps (applies of W~^T W~ beyond one)
+    oversample: int = 6  # wperp randomized: block width beyond the rank (p = k + oversample)
+    power_iterations: int = 0  # wperp randomized: subspace iterations before the Nystrom apply
+    gram_dtype: str = "float32"  # wperp randomized: precision of the Gram applies (or bfloat16)
     ns_refresh: int = 50  # wperp newton-schulz: steps between sigma_k estimates
 
 

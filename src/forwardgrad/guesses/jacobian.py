@@ -15,6 +15,7 @@ from .base import Guess, isotropic_site_tangents
 from .subspace import masked_jacobian, randomized_subspace, svd_subspace
 
 SOLVERS = ("svd", "randomized", "newton-schulz")
+GRAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _next_weight(ctx: SiteContext) -> Tensor:
@@ -50,7 +51,8 @@ class WPerp(Guess):
     """W̃⊥(k): ``u = V_k z``, ``z ~ N(0, I_k)``, V_k the top-k right singular vectors of W~_b.
 
     Options: ``rank`` (k; None keeps every direction above the float32 rank tolerance),
-    ``solver`` (``svd`` exact; ``randomized`` subspace iteration; ``newton-schulz`` the paper's
+    ``solver`` (``svd`` exact; ``randomized`` Nystrom, see :func:`randomized_subspace`, with
+    ``oversample``, ``power_iterations`` and ``gram_dtype``; ``newton-schulz`` the paper's
     polynomial variant ``u = p^N(W~/||W~||_2)^T eps``), ``bottom`` (the k smallest directions, an
     ablation; svd only). Bias ``-(I - V_k V_k^T) g``.
     """
@@ -72,6 +74,10 @@ class WPerp(Guess):
             raise ValueError(f"wperp rank must be a positive integer or 'full'; got {o.rank}")
         if o.bottom and o.solver != "svd":
             raise ValueError("wperp bottom=True (the bottom-k ablation) needs solver='svd'")
+        if o.gram_dtype not in GRAM_DTYPES:
+            raise ValueError(
+                f"unknown wperp gram_dtype {o.gram_dtype!r}; choose one of {list(GRAM_DTYPES)}"
+            )
         if o.rank is None and o.solver != "svd":
             raise ValueError("wperp rank='full' (numerical rank) needs solver='svd'")
         self._calls: dict[int, int] = {}
@@ -89,7 +95,13 @@ class WPerp(Guess):
             basis, keep = svd_subspace(w, mask, o.rank, bottom=o.bottom)
         else:
             basis, _ = randomized_subspace(
-                w, mask, o.rank, generator, o.oversample, o.power_iterations
+                w,
+                mask,
+                o.rank,
+                generator,
+                o.oversample,
+                o.power_iterations,
+                GRAM_DTYPES[o.gram_dtype],
             )
             keep = None
         z = torch.randn(
@@ -113,7 +125,13 @@ class WPerp(Guess):
         # so it is refreshed only every ns_refresh steps (the paper: 50), from the same solve.
         refresh = i not in self._sigma_ratio or calls % o.ns_refresh == 0
         _, svals = randomized_subspace(
-            w, mask, o.rank if refresh else 1, generator, o.oversample, o.power_iterations
+            w,
+            mask,
+            o.rank if refresh else 1,
+            generator,
+            o.oversample,
+            o.power_iterations,
+            GRAM_DTYPES[o.gram_dtype],
         )
         norm = svals[:, 0].clamp_min(1e-30)
         if refresh:
