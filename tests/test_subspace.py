@@ -66,6 +66,36 @@ def gapped(d2, d1, k=10, seed=0):
     return (u * s) @ v.t()
 
 
+@pytest.mark.parametrize("d2,d1", SHAPES)
+@pytest.mark.parametrize("k", [1, 6, None])
+def test_svd_subspace_on_active_units_equals_full_problem(d2, d1, k):
+    # Masks about half active take the restricted path; the answer must be the full one's.
+    w, m = decaying(d2, d1), masks(16, d1)
+    m[0, :3], m[0, 3:] = 1, 0  # 3 active units: its top-6 includes null directions
+    assert int((m != 0).sum(-1).max()) <= 0.8 * d1  # the restricted path is the one tested
+    basis, keep = svd_subspace(w, m, k)
+    full, svals = exact_subspace(w, m)
+    r = min(d2, d1)
+    assert basis.shape == (16, d1, r if k is None else min(k, r))
+    torch.testing.assert_close(
+        basis.transpose(-1, -2) @ (basis * keep.unsqueeze(1)),
+        torch.diag_embed(keep),
+        atol=1e-5,
+        rtol=0,
+    )
+    if k is None:
+        ref = torch.einsum("bdr,br,ber->bde", full, (svals > 1e-4 * svals[:, :1]).float(), full)
+        torch.testing.assert_close(
+            torch.einsum("bdr,br,ber->bde", basis, keep, basis), ref, atol=1e-4, rtol=0
+        )
+    else:
+        rows = slice(1, None)  # example 0's null directions are any orthonormal completion
+        torch.testing.assert_close(
+            projector(basis)[rows], projector(full[..., :k])[rows], atol=1e-4, rtol=0
+        )
+        assert (basis[0, m[0] == 0, :3].abs().max()) < 1e-6  # its 3 real ones are active only
+
+
 @pytest.mark.parametrize("d2,d1", [(96, 96), (64, 96), (96, 64)])
 def test_randomized_matches_svd_on_separated_spectrum(d2, d1):
     w, m = gapped(d2, d1), torch.ones(4, d1)

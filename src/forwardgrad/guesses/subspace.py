@@ -52,6 +52,30 @@ def exact_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return basis, svals
 
 
+def _active_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Like :func:`exact_subspace`, from the eigendecomposition of each masked Gram matrix
+    restricted to the example's active units (``m_b != 0``), padded to the batch's largest
+    active count a. Inactive units add only zero rows and columns, so this is exact, and costs
+    ``(a / d1)^3`` of the full problem (about 1/8 with ReLU's half-active units). Returns
+    ``basis (B, d1, a)``, ``svals (B, a)``, descending; the directions past an example's own
+    active count have zero singular values and lie on inactive units.
+    """
+    d1 = weight.shape[1]
+    b = mask.shape[0]
+    active = mask != 0
+    a = max(int(active.sum(-1).max()), 1)
+    idx = torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :a]  # active first
+    w64 = weight.double()
+    gram = w64.t() @ w64
+    mv = mask.double().gather(1, idx)  # 0 on the padding (inactive units)
+    sub = gram[idx.unsqueeze(-1), idx.unsqueeze(-2)] * mv.unsqueeze(-1) * mv.unsqueeze(-2)
+    evals, evecs = torch.linalg.eigh(sub)
+    evals, evecs = evals.flip(-1), evecs.flip(-1)
+    basis = torch.zeros(b, d1, a, dtype=evecs.dtype, device=evecs.device)
+    basis.scatter_(1, idx.unsqueeze(-1).expand(b, a, a), evecs)
+    return basis.to(weight.dtype), evals.clamp_min(0).sqrt().to(weight.dtype)
+
+
 def svd_subspace(
     weight: Tensor, mask: Tensor, k: int | None, bottom: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -59,10 +83,22 @@ def svd_subspace(
 
     Returns ``basis (B, d1, kk)`` (orthonormal columns) and ``weights (B, kk)``: 1 for directions
     kept, 0 for directions dropped as numerically zero (only when ``k`` is None: full rank).
+    Top-k subspaces come from the eigenproblems restricted to each example's active units when
+    those are clearly fewer than d1 (same answer, far cheaper).
     """
     d2, d1 = weight.shape
-    basis, svals = exact_subspace(weight, mask)
-    r = svals.shape[-1]
+    r = min(d2, d1)
+    most_active = int((mask != 0).sum(-1).max())
+    compact = not bottom and most_active <= 0.8 * d1 and (k is None or k <= most_active)
+    if compact:
+        basis, svals = _active_subspace(weight, mask)
+        if basis.shape[-1] < r:  # pad to r columns: dropped (zero-weight) directions
+            pad = r - basis.shape[-1]
+            basis = torch.nn.functional.pad(basis, (0, pad))
+            svals = torch.nn.functional.pad(svals, (0, pad))
+        basis, svals = basis[..., :r], svals[..., :r]
+    else:
+        basis, svals = exact_subspace(weight, mask)
     if k is None:
         return basis, _numerical_keep(svals, d2, d1).to(weight.dtype)
     kk = min(k, r)
