@@ -1,6 +1,10 @@
 """The benchmark harness: structure of its results, its target arithmetic, and (on Linux) that
 low-memory mode's measured peak memory does not grow with depth while the default mode's does."""
 
+import json
+import runpy
+from pathlib import Path
+
 import pytest
 
 from forwardgrad.bench import (
@@ -90,3 +94,26 @@ def test_cli_quick_bench_and_bad_input(tmp_path, capsys):
     assert main([*args, "--guesses", "nonsense", "--out", str(tmp_path)]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert main([*args, "--widths", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_wperp_solver_benchmark_script_runs(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "wperp_solvers.py"
+    module = runpy.run_path(str(script))
+    module["main"](
+        [
+            "--widths",
+            "24",
+            "--batch",
+            "8",
+            "--rank",
+            "3",
+            "--min-run-time",
+            "0.01",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    rows = json.loads((tmp_path / "wperp_solvers.json").read_text())["rows"]
+    exact = [r for r in rows if r["solver"].startswith("svd")]
+    assert len(rows) == 6 and all(r["energy_min"] > 0.999 for r in exact)
+    assert all(0 < r["energy_min"] <= r["energy_mean"] <= 1 + 1e-5 for r in rows)

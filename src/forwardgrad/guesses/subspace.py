@@ -76,6 +76,30 @@ def _active_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return basis.to(weight.dtype), evals.clamp_min(0).sqrt().to(weight.dtype)
 
 
+def _rows_span_active_units(weight: Tensor, mask: Tensor) -> bool:
+    """True when every ``W diag(m_b)`` has exactly the active units' coordinates as its row
+    space above the rank tolerance: 0/1 masks and a W of full column rank, well conditioned
+    (dropping columns never lowers the smallest singular value below W's own)."""
+    d2, d1 = weight.shape
+    if d2 < d1 or not bool(((mask == 0) | (mask == 1)).all()):
+        return False
+    svals = torch.linalg.svdvals(weight.double())
+    return bool(svals[-1] > 10 * max(d1, d2) * torch.finfo(torch.float32).eps * svals[0])
+
+
+def _active_unit_basis(mask: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """Basis ``(B, d1, r)`` of unit vectors on each example's active units, keep weights
+    ``(B, r)`` (1 for the active count, 0 after): the full numerical row space of W diag(m_b)
+    when :func:`_rows_span_active_units` holds, with no eigendecomposition."""
+    b, d1 = mask.shape
+    active = mask != 0
+    idx = torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :r]  # active first
+    basis = torch.zeros(b, d1, r, dtype=mask.dtype, device=mask.device)
+    basis.scatter_(1, idx.unsqueeze(1), 1.0)
+    keep = torch.arange(r, device=mask.device) < active.sum(-1, keepdim=True)
+    return basis * keep.unsqueeze(1), keep.to(mask.dtype)
+
+
 def svd_subspace(
     weight: Tensor, mask: Tensor, k: int | None, bottom: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -88,6 +112,8 @@ def svd_subspace(
     """
     d2, d1 = weight.shape
     r = min(d2, d1)
+    if k is None and not bottom and _rows_span_active_units(weight, mask):
+        return _active_unit_basis(mask, r)
     most_active = int((mask != 0).sum(-1).max())
     compact = not bottom and most_active <= 0.8 * d1 and (k is None or k <= most_active)
     if compact:
