@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -467,8 +467,76 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _load(name: str, seed: int = 0) -> Dataset:
-    return load_dataset(name, seed=seed)
+def _budget_inputs(
+    budgets: dict[str, dict[str, Any]], budget: str, seeds: int | None
+) -> tuple[dict[str, Any], list[int], Dataset]:
+    """A one-dataset experiment's settings for ``budget``, its seeds (one unless asked for more)
+    and its dataset (split with seed 0, the same for every seed)."""
+    b = budgets[budget]
+    return b, _seed_list(seeds, 1), load_dataset(b["dataset"], seed=0)
+
+
+def _budget_config(
+    b: dict[str, Any],
+    seed: int,
+    *,
+    dataset: str | None = None,
+    layers: int | None = None,
+    width: int | None = None,
+    epochs: int | None = None,
+    **fields: Any,
+) -> TrainConfig:
+    """The config of the paper's ``layers``-layer MLP trained under budget ``b``.
+
+    Dataset, layers, width and epochs come from ``b`` unless given (budgets keep several of
+    each: pretraining against training widths, lists of depths); the batch size and the
+    learning rate always do. ``fields`` set any other TrainConfig field (``guess``, ...).
+    """
+    return TrainConfig(
+        dataset=b["dataset"] if dataset is None else dataset,
+        depth=hidden_layers(b["layers"] if layers is None else layers),
+        width=b["width"] if width is None else width,
+        epochs=b["epochs"] if epochs is None else epochs,
+        batch_size=b["batch_size"],
+        lr=b["lr"],
+        seed=seed,
+        **fields,
+    )
+
+
+def _settings(budget_settings: dict[str, Any], out_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The settings results.json and the README list, in this order: ``budget_settings``, the
+    seconds spent in the training loops of ``out_dir/runs``, then ``extra``."""
+    return {
+        **budget_settings,
+        "training_loop_seconds": run_seconds(out_dir / "runs"),
+        **extra,
+    }
+
+
+def _compared_run(root: Path, spec: str, seed: int) -> Path:
+    """The folder where ``compare(..., root)`` trains guess ``spec`` with ``seed``."""
+    return root / compare_run_label(spec) / f"seed{seed}"
+
+
+def _accuracy_percent(row: dict[str, Any], split: str, seeds: int) -> tuple[float, float | None]:
+    """A compare() table row's mean ``split`` accuracy and its standard error over ``seeds``
+    runs, in percent (no standard error from one run)."""
+    mean, std = row[f"{split}_acc_mean"], row[f"{split}_acc_std"]
+    return 100 * mean, 100 * std / math.sqrt(seeds) if seeds > 1 else None
+
+
+def _grid_panels(axes: Iterable[Any], xlabel: str | None = None) -> None:
+    """The light grid of every panel of these figures (and a shared x label, when given)."""
+    for ax in axes:
+        if xlabel is not None:
+            ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+
+
+def _plot_train_accuracy(ax: Any, metrics: Sequence[dict], **style: Any) -> None:
+    """One run's train accuracy (%) against the epoch."""
+    ax.plot([m["epoch"] for m in metrics], [100 * m["train_acc"] for m in metrics], **style)
 
 
 # =============================================================================================
@@ -511,22 +579,11 @@ COSINE_BUDGETS: dict[str, dict[str, Any]] = {
 def run_guess_cosine(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
-    b = COSINE_BUDGETS[budget]
-    seed_list = _seed_list(seeds, 1)
-    data = _load(b["dataset"])
+    b, seed_list, data = _budget_inputs(COSINE_BUDGETS, budget, seeds)
     methods = COSINE_METHODS
     per_seed: list[list[dict]] = []
     for seed in seed_list:
-        cfg = TrainConfig(
-            dataset=b["dataset"],
-            depth=hidden_layers(b["layers"]),
-            width=b["width"],
-            guess="backprop",
-            epochs=b["epochs"],
-            batch_size=b["batch_size"],
-            lr=b["lr"],
-            seed=seed,
-        )
+        cfg = _budget_config(b, seed, guess="backprop")
 
         def measure(model: nn.Module, epoch: int, seed: int = seed) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -667,16 +724,16 @@ def run_guess_cosine(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={
-            **b,
-            "training_loop_seconds": run_seconds(out_dir / "runs"),
-            "hidden_layers": hidden_layers(b["layers"]),
-            "methods": list(methods),
-            "optimizer": "adamw (weight decay 0.01)",
-            "one_step_sizes": list(DEFAULT_STEP_SIZES),
-            "guess_scale": "main rows: unit-norm guess direction with its exact JVP; last group: "
+        settings=_settings(
+            b,
+            out_dir,
+            hidden_layers=hidden_layers(b["layers"]),
+            methods=list(methods),
+            optimizer="adamw (weight decay 0.01)",
+            one_step_sizes=list(DEFAULT_STEP_SIZES),
+            guess_scale="main rows: unit-norm guess direction with its exact JVP; last group: "
             "the library's unnormalised estimates",
-        },
+        ),
         rows=rows,
         raw={"summaries": summaries, "per_seed": per_seed},
         paper_tolerance=Tolerance(
@@ -719,24 +776,9 @@ def _draw_cosine(result: ExperimentResult):
     axes[0][0].set_ylabel("|cosine similarity| to the true gradient")
     axes[0][1].set_yscale("symlog", linthresh=1e-6)
     axes[0][1].set_ylabel("1-step effectiveness, unit-norm guess")
-    for ax in axes[0]:
-        ax.set_xlabel("epoch of backprop training")
-        ax.grid(True, alpha=0.3)
+    _grid_panels(axes[0], "epoch of backprop training")
     axes[0][0].legend(fontsize=8)
     return fig
-
-
-register(
-    Experiment(
-        name="guess-cosine",
-        paper=PAPER,
-        reproduces="Fig. 1 (table)",
-        summary="Cosine similarity to the true gradient and 1-step effectiveness of directional "
-        "descent, activation perturbation, activation mixing, Wᵀ and 1-layer downstream, "
-        "measured after every epoch along a backprop training run of a 6-layer MLP.",
-        run=run_guess_cosine,
-    )
-)
 
 
 # =============================================================================================
@@ -805,15 +847,7 @@ def run_guess_mlp(
     cells: list[dict[str, Any]] = []
     for dataset in b["datasets"]:
         for layers, width in b["configs"]:
-            base = TrainConfig(
-                dataset=dataset,
-                depth=hidden_layers(layers),
-                width=width,
-                epochs=b["epochs"],
-                batch_size=b["batch_size"],
-                lr=b["lr"],
-                seed=0,
-            )
+            base = _budget_config(b, 0, dataset=dataset, layers=layers, width=width)
             run_dir = out_dir / "runs" / dataset / f"L{layers}-W{width}"
             table = compare(
                 base, list(MLP_METHODS), len(seed_list), run_dir, jobs=1, progress=progress
@@ -826,7 +860,6 @@ def run_guess_mlp(
     for split in ("train", "test"):
         for dataset in b["datasets"]:
             for cell in (c for c in cells if c["dataset"] == dataset):
-                mean, std = cell[f"{split}_acc_mean"], cell[f"{split}_acc_std"]
                 paper = (
                     table2_mnist(cell["layers"], cell["width"], cell["guess"], split)
                     if dataset == "mnist5k"
@@ -840,8 +873,7 @@ def run_guess_mlp(
                             "D, W": f"{cell['layers']}, {cell['width']}",
                             "method": _method(cell["guess"]),
                         },
-                        100 * mean,
-                        100 * std / math.sqrt(n) if n > 1 else None,
+                        *_accuracy_percent(cell, split, n),
                         paper,
                     )
                 )
@@ -868,14 +900,14 @@ def run_guess_mlp(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={
-            **b,
-            "training_loop_seconds": run_seconds(out_dir / "runs"),
-            "methods": list(MLP_METHODS),
-            "optimizer": "adamw (weight decay 0.01); self-sharpening stable-adamw",
-            "depth_convention": "D weight matrices = D - 1 hidden layers",
-            "minutes_per_run_mean": float(np.mean(minutes)) if minutes else None,
-        },
+        settings=_settings(
+            b,
+            out_dir,
+            methods=list(MLP_METHODS),
+            optimizer="adamw (weight decay 0.01); self-sharpening stable-adamw",
+            depth_convention="D weight matrices = D - 1 hidden layers",
+            minutes_per_run_mean=float(np.mean(minutes)) if minutes else None,
+        ),
         rows=rows,
         raw={"cells": cells},
         paper_tolerance=Tolerance(
@@ -943,19 +975,6 @@ def _draw_mlp(result: ExperimentResult):
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=7)
     return fig
-
-
-register(
-    Experiment(
-        name="guess-mlp",
-        paper=PAPER,
-        reproduces="Table 2 (and Fig. 3)",
-        summary="Train and test accuracy of directional descent, activation perturbation, "
-        "mixing, Wᵀ, 1-layer downstream, self-sharpening and backprop for MLPs of (depth, width) "
-        "(3, 128), (6, 128), (3, 1024), (6, 1024) on the embedded datasets.",
-        run=run_guess_mlp,
-    )
-)
 
 
 # =============================================================================================
@@ -1050,25 +1069,14 @@ def cosine_against_guess_count(
 def run_guess_bias(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
-    b = BIAS_BUDGETS[budget]
-    seed_list = _seed_list(seeds, 1)
-    data = _load(b["dataset"])
+    b, seed_list, data = _budget_inputs(BIAS_BUDGETS, budget, seeds)
     counts = guess_counts(b["max_guesses"])
     n_activity = hidden_layers(b["layers"]) * b["width"] + data.num_classes
     curves: dict[str, dict[str, list]] = {}
     runs: dict[str, dict[str, Any]] = {}
     for seed in seed_list:
         # Left panel: a network one epoch into backprop training, a few examples at a time.
-        cfg = TrainConfig(
-            dataset=b["dataset"],
-            depth=hidden_layers(b["layers"]),
-            width=b["width"],
-            guess="backprop",
-            epochs=b["pretrain_epochs"],
-            batch_size=b["batch_size"],
-            lr=b["lr"],
-            seed=seed,
-        )
+        cfg = _budget_config(b, seed, epochs=b["pretrain_epochs"], guess="backprop")
         x, y = _random_batch(data, b["examples"], _generator(seed, 1))
 
         def left_panel(model: nn.Module, epoch: int, x=x, y=y, seed=seed) -> dict[str, Any]:
@@ -1179,12 +1187,7 @@ def run_guess_bias(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={
-            **b,
-            "guess_counts": counts,
-            "methods": list(BIAS_METHODS),
-            "training_loop_seconds": run_seconds(out_dir / "runs"),
-        },
+        settings=_settings({**b, "guess_counts": counts, "methods": list(BIAS_METHODS)}, out_dir),
         rows=rows,
         raw={"curves": summary, "runs": runs, "activity_dimension": n_activity},
         paper_tolerance=Tolerance(absolute=0.01, why="cosine; a different dataset and width"),
@@ -1212,15 +1215,7 @@ def _bias_training(
     b: dict[str, Any], data: Dataset, seed: int, root: Path, progress: bool
 ) -> dict[str, dict[str, Any]]:
     """Train DD, Wᵀ and the cosine-matched descent (AdamW; SGD with and without momentum)."""
-    base = TrainConfig(
-        dataset=b["dataset"],
-        depth=hidden_layers(b["layers"]),
-        width=b["train_width"],
-        epochs=b["train_epochs"],
-        batch_size=b["batch_size"],
-        lr=b["lr"],
-        seed=seed,
-    )
+    base = _budget_config(b, seed, width=b["train_width"], epochs=b["train_epochs"])
     runs: dict[str, dict[str, Any]] = {}
     wt_cfg = dataclasses.replace(base, guess="wt", probe_every=1)
     wt_dir = root / f"wt-adamw-seed{seed}"
@@ -1362,36 +1357,14 @@ def _draw_bias(result: ExperimentResult):
             continue
         ax = axes[0][1] if name.endswith("adamw") else axes[0][2]
         color, line = styles.get(name, ("k", ":"))
-        epochs = [m["epoch"] for m in run["metrics"]]
-        ax.plot(
-            epochs,
-            [100 * m["train_acc"] for m in run["metrics"]],
-            color=color,
-            linestyle=line,
-            label=run["label"],
-        )
+        _plot_train_accuracy(ax, run["metrics"], color=color, linestyle=line, label=run["label"])
     for ax, title in zip(axes[0][1:], ("AdamW", "SGD: momentum (solid) or none (dashed)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel("train accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
-    for ax in axes[0]:
-        ax.grid(True, alpha=0.3)
+    _grid_panels(axes[0])
     return fig
-
-
-register(
-    Experiment(
-        name="guess-bias",
-        paper=PAPER,
-        reproduces="Fig. 4",
-        summary="Cosine of the mean of K = 2 … 8192 guesses for activation perturbation, mixing, "
-        "Wᵀ and 1-layer downstream (the biased ones saturate), and training with Wᵀ against an "
-        "unbiased directional descent matched to Wᵀ's cosine, with AdamW and with SGD with and "
-        "without momentum.",
-        run=run_guess_bias,
-    )
-)
 
 
 # =============================================================================================
@@ -1447,23 +1420,12 @@ def subspace_curves(
 def run_guess_subspace(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
-    b = SUBSPACE_BUDGETS[budget]
-    seed_list = _seed_list(seeds, 1)
-    data = _load(b["dataset"])
+    b, seed_list, data = _budget_inputs(SUBSPACE_BUDGETS, budget, seeds)
     ks = [k for k in b["ks"] if k <= min(b["batch_size"], b["width"])]
     curves: list[dict[str, Any]] = []
     for seed in seed_list:
         for layers in b["layers"]:
-            cfg = TrainConfig(
-                dataset=b["dataset"],
-                depth=hidden_layers(layers),
-                width=b["width"],
-                guess="backprop",
-                epochs=b["epochs"],
-                batch_size=b["batch_size"],
-                lr=b["lr"],
-                seed=seed,
-            )
+            cfg = _budget_config(b, seed, layers=layers, guess="backprop")
             x, y = probe_batch(data, b["batch_size"], seed)
 
             def measure(
@@ -1553,12 +1515,9 @@ def run_guess_subspace(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={
-            **b,
-            "ks": ks,
-            "pca": "centred activations of one fixed batch",
-            "training_loop_seconds": run_seconds(out_dir / "runs"),
-        },
+        settings=_settings(
+            {**b, "ks": ks, "pca": "centred activations of one fixed batch"}, out_dir
+        ),
         rows=rows,
         raw={"curves": curves, "ks": ks},
         paper_tolerance=Tolerance(absolute=0.1, why="read from a figure, different dataset"),
@@ -1605,19 +1564,6 @@ def _draw_subspace(result: ExperimentResult):
     return fig
 
 
-register(
-    Experiment(
-        name="guess-subspace",
-        paper=PAPER,
-        reproduces="Fig. 2 (right)",
-        summary="Cosine between the activity gradient and its projection on the top-k PCA "
-        "subspace of the activations, against a random k-dim subspace, for every hidden layer "
-        "of MLPs of depth 3, 4, 6 through 20 epochs of training.",
-        run=run_guess_subspace,
-    )
-)
-
-
 # =============================================================================================
 # guess-sharpening: Fig. 5 (self-sharpening; Wᵀ with powered singular values)
 
@@ -1660,26 +1606,15 @@ SHARPENING_BUDGETS: dict[str, dict[str, Any]] = {
 def run_guess_sharpening(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
-    b = SHARPENING_BUDGETS[budget]
-    seed_list = _seed_list(seeds, 1)
-    data = _load(b["dataset"])
-    base = TrainConfig(
-        dataset=b["dataset"],
-        depth=hidden_layers(b["layers"]),
-        width=b["width"],
-        epochs=b["epochs"],
-        batch_size=b["batch_size"],
-        lr=b["lr"],
-        seed=0,
-        probe_every=b["probe_every"],
-    )
+    b, seed_list, data = _budget_inputs(SHARPENING_BUDGETS, budget, seeds)
+    base = _budget_config(b, 0, probe_every=b["probe_every"])
     # Top row: the methods' own cosine (train's probes) and train accuracy, epoch by epoch.
     top_dir = out_dir / "runs" / "methods"
     compare(base, b["methods"], len(seed_list), top_dir, jobs=1, progress=progress)
     methods: dict[str, dict[str, Any]] = {}
     for spec in b["methods"]:
         for seed in seed_list:
-            run = top_dir / compare_run_label(spec) / f"seed{seed}"
+            run = _compared_run(top_dir, spec, seed)
             methods.setdefault(spec, {"probes": [], "metrics": []})
             methods[spec]["probes"].append(read_jsonl(run / "probes.jsonl"))
             methods[spec]["metrics"].append(read_jsonl(run / "metrics.jsonl"))
@@ -1744,11 +1679,11 @@ def run_guess_sharpening(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={
-            **b,
-            "training_loop_seconds": run_seconds(out_dir / "runs"),
-            "optimizer": "adamw (self-sharpening: stable-adamw); powers: adamw, weight decay 0",
-        },
+        settings=_settings(
+            b,
+            out_dir,
+            optimizer="adamw (self-sharpening: stable-adamw); powers: adamw, weight decay 0",
+        ),
         rows=rows,
         raw={"methods": methods, "powers": powers},
         paper_tolerance=Tolerance(absolute=0.1, why="cosine; a different dataset and width"),
@@ -1879,12 +1814,7 @@ def _draw_sharpening(result: ExperimentResult):
             color=f"C{i}",
             label=_method(spec),
         )
-        axes[0][1].plot(
-            [m["epoch"] for m in metrics],
-            [100 * m["train_acc"] for m in metrics],
-            color=f"C{i}",
-            label=_method(spec),
-        )
+        _plot_train_accuracy(axes[0][1], metrics, color=f"C{i}", label=_method(spec))
     axes[0][0].set_ylabel("cosine similarity")
     axes[0][1].set_ylabel("train accuracy (%)")
     from matplotlib import colormaps
@@ -1904,26 +1834,10 @@ def _draw_sharpening(result: ExperimentResult):
         )
     axes[1][0].set_ylabel("cosine similarity (powered Wᵀ)")
     axes[1][1].set_ylabel("effective rank of W_1")
-    for row in axes:
-        for ax in row:
-            ax.set_xlabel("epoch")
-            ax.grid(True, alpha=0.3)
+    _grid_panels([ax for row in axes for ax in row], "epoch")
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
     return fig
-
-
-register(
-    Experiment(
-        name="guess-sharpening",
-        paper=PAPER,
-        reproduces="Fig. 5",
-        summary="Self-sharpening: the cosine of self-sharpening guesses rises over training "
-        "(others stay flat); and Wᵀ with the next layer's singular values raised to powers "
-        "0.1 … 4, with the first layer's effective rank.",
-        run=run_guess_sharpening,
-    )
-)
 
 
 # =============================================================================================
@@ -1988,22 +1902,13 @@ def hidden_spectra(spectra: list[dict], ls: Sequence[int], hidden: int) -> dict[
 def run_guess_downstream(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
-    b = DOWNSTREAM_BUDGETS[budget]
-    seed_list = _seed_list(seeds, 1)
-    data = _load(b["dataset"])
+    b, seed_list, data = _budget_inputs(DOWNSTREAM_BUDGETS, budget, seeds)
     hidden = hidden_layers(b["layers"])
     # Right: Jacobian spectra of the paper's 6 x 256 MLP, at the start and after backprop.
     spectra: dict[str, dict[str, Any]] = {}
     for seed in seed_list:
-        cfg = TrainConfig(
-            dataset=b["dataset"],
-            depth=hidden,
-            width=b["spectra_width"],
-            guess="backprop",
-            epochs=b["spectra_epochs"],
-            batch_size=b["batch_size"],
-            lr=b["lr"],
-            seed=seed,
+        cfg = _budget_config(
+            b, seed, width=b["spectra_width"], epochs=b["spectra_epochs"], guess="backprop"
         )
         x, _ = probe_batch(data, b["examples"], seed)
 
@@ -2018,22 +1923,11 @@ def run_guess_downstream(
             tag = "start" if record["epoch"] == 0 else "trained"
             spectra.setdefault(tag, {})[str(seed)] = record["spectra"]
     # Left: training curves with 1, 2, 3 downstream layers and the other guesses.
-    base = TrainConfig(
-        dataset=b["dataset"],
-        depth=hidden,
-        width=b["width"],
-        epochs=b["epochs"],
-        batch_size=b["batch_size"],
-        lr=b["lr"],
-        seed=0,
-    )
+    base = _budget_config(b, 0)
     curves_dir = out_dir / "runs" / "methods"
     table = compare(base, b["methods"], len(seed_list), curves_dir, jobs=1, progress=progress)
     curves = {
-        spec: [
-            read_jsonl(curves_dir / compare_run_label(spec) / f"seed{s}" / "metrics.jsonl")
-            for s in seed_list
-        ]
+        spec: [read_jsonl(_compared_run(curves_dir, spec, s) / "metrics.jsonl") for s in seed_list]
         for spec in b["methods"]
     }
     drop_checkpoints(out_dir / "runs")
@@ -2063,10 +1957,7 @@ def run_guess_downstream(
             Row(
                 "Fig. 7 (left): final train accuracy (%)",
                 {"method": _method(row["guess"])},
-                100 * row["train_acc_mean"],
-                100 * row["train_acc_std"] / math.sqrt(len(seed_list))
-                if len(seed_list) > 1
-                else None,
+                *_accuracy_percent(row, "train", len(seed_list)),
             )
         )
     final = {row["guess"]: 100 * row["train_acc_mean"] for row in table}
@@ -2107,7 +1998,7 @@ def run_guess_downstream(
     return ExperimentResult(
         budget=budget,
         seeds=seed_list,
-        settings={**b, "training_loop_seconds": run_seconds(out_dir / "runs")},
+        settings=_settings(b, out_dir),
         rows=rows,
         raw={"spectra": spectra, "curves": curves, "table": table},
         scaling=scaling,
@@ -2128,13 +2019,7 @@ def _draw_downstream(result: ExperimentResult):
     fig, axes = new_figure(2, 1, panel_size=(5.0, 3.8))
     ax = axes[0][0]
     for i, (spec, runs) in enumerate(result.raw["curves"].items()):
-        metrics = runs[0]
-        ax.plot(
-            [m["epoch"] for m in metrics],
-            [100 * m["train_acc"] for m in metrics],
-            color=f"C{i}",
-            label=_method(spec),
-        )
+        _plot_train_accuracy(ax, runs[0], color=f"C{i}", label=_method(spec))
     ax.set_xlabel("epoch")
     ax.set_ylabel("train accuracy (%)")
     ax.legend(fontsize=7)
@@ -2155,11 +2040,69 @@ def _draw_downstream(result: ExperimentResult):
     ax.set_xlabel("singular value index")
     ax.set_ylabel("σ_j / σ_1")
     ax.legend(fontsize=8)
-    for a in axes[0]:
-        a.grid(True, alpha=0.3)
+    _grid_panels(axes[0])
     return fig
 
 
+# ---------------------------------------------------------------------------------------------
+# The registry entries, together at the end as in the other reproduce modules
+
+register(
+    Experiment(
+        name="guess-cosine",
+        paper=PAPER,
+        reproduces="Fig. 1 (table)",
+        summary="Cosine similarity to the true gradient and 1-step effectiveness of directional "
+        "descent, activation perturbation, activation mixing, Wᵀ and 1-layer downstream, "
+        "measured after every epoch along a backprop training run of a 6-layer MLP.",
+        run=run_guess_cosine,
+    )
+)
+register(
+    Experiment(
+        name="guess-mlp",
+        paper=PAPER,
+        reproduces="Table 2 (and Fig. 3)",
+        summary="Train and test accuracy of directional descent, activation perturbation, "
+        "mixing, Wᵀ, 1-layer downstream, self-sharpening and backprop for MLPs of (depth, width) "
+        "(3, 128), (6, 128), (3, 1024), (6, 1024) on the embedded datasets.",
+        run=run_guess_mlp,
+    )
+)
+register(
+    Experiment(
+        name="guess-bias",
+        paper=PAPER,
+        reproduces="Fig. 4",
+        summary="Cosine of the mean of K = 2 … 8192 guesses for activation perturbation, mixing, "
+        "Wᵀ and 1-layer downstream (the biased ones saturate), and training with Wᵀ against an "
+        "unbiased directional descent matched to Wᵀ's cosine, with AdamW and with SGD with and "
+        "without momentum.",
+        run=run_guess_bias,
+    )
+)
+register(
+    Experiment(
+        name="guess-subspace",
+        paper=PAPER,
+        reproduces="Fig. 2 (right)",
+        summary="Cosine between the activity gradient and its projection on the top-k PCA "
+        "subspace of the activations, against a random k-dim subspace, for every hidden layer "
+        "of MLPs of depth 3, 4, 6 through 20 epochs of training.",
+        run=run_guess_subspace,
+    )
+)
+register(
+    Experiment(
+        name="guess-sharpening",
+        paper=PAPER,
+        reproduces="Fig. 5",
+        summary="Self-sharpening: the cosine of self-sharpening guesses rises over training "
+        "(others stay flat); and Wᵀ with the next layer's singular values raised to powers "
+        "0.1 … 4, with the first layer's effective rank.",
+        run=run_guess_sharpening,
+    )
+)
 register(
     Experiment(
         name="guess-downstream",

@@ -295,10 +295,15 @@ def sphere_log_contraction(
     return float(log_c.mean()), float(log_c.std() / math.sqrt(draws))
 
 
+def _log10_after(n: int, steps: int, mean_log: float) -> float:
+    """E[log10 f_T] = log10 n + T E[log10 c] from (-1, …, -1), given ``mean_log`` = E[log c]."""
+    return math.log10(n) + steps * mean_log / math.log(10.0)
+
+
 def sphere_expected_log10(method: str, k: int | None, n: int, lr: float, steps: int) -> float:
     """E[log10 f] after ``steps`` updates from (-1, …, -1): log10 n + T E[log10 c]."""
     mean_log, _ = sphere_log_contraction(method, k, n, lr)
-    return math.log10(n) + steps * mean_log / math.log(10.0)
+    return _log10_after(n, steps, mean_log)
 
 
 THEORY_SPHERE = [
@@ -365,6 +370,21 @@ def _method_plan(budget: FunctionsBudget) -> list[tuple[str, int | None]]:
 
 def _method_label(method: str, k: int | None) -> str:
     return method if k is None else f"{method}-k{k}"
+
+
+def _k_label(k: int | None) -> str | int:
+    """The k column of the tables: a dash for backprop, which uses no tangents."""
+    return "–" if k is None else k
+
+
+def _seed_list(seeds: int | None, default: int) -> list[int]:
+    """Seeds 0 … seeds - 1, or the budget's ``default`` count when none was asked for."""
+    return list(range(seeds if seeds is not None else default))
+
+
+def _mean_and_se_or_nan(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the seeds' values; NaN (and no SE) when no seed gave one."""
+    return mean_and_se(values) if values else (math.nan, None)
 
 
 def _cell_path(out_dir: Path, function: str, n: int, method: str, k: int | None) -> Path:
@@ -442,7 +462,7 @@ def _summarise_cell(cell: dict[str, Any], function: str, steps: int) -> dict[str
     winner = next((o for o in cell["grid"] if o["lr"] == cell["best_lr"]), None)
     for stat in ("best", "final"):
         values = winner[f"{stat}_values"] if winner else []
-        mean, se = mean_and_se(values) if values else (math.nan, None)
+        mean, se = _mean_and_se_or_nan(values)
         record[f"{stat}_values"] = values
         record[f"mean_{stat}"], record[f"se_{stat}"] = mean, se
     record["steps_run"] = winner["steps_run"] if winner else []
@@ -497,6 +517,10 @@ def _tally(outcomes: list[int]) -> dict[str, int]:
         "tie": outcomes.count(0),
         "worse": outcomes.count(-1),
     }
+
+
+def _tally_text(what: str, tally: dict[str, int]) -> str:
+    return f"{what}: {tally['better']} better, {tally['tie']} tied, {tally['worse']} worse"
 
 
 def _find_record(
@@ -580,14 +604,8 @@ def _function_claims(
             "more_tangents": more,
             "backprop_beaten_by": beaten,
         }
-        proj_text = "; ".join(
-            f"k = {k}: {t['better']} better, {t['tie']} tied, {t['worse']} worse"
-            for k, t in per_k.items()
-        )
-        more_text = "; ".join(
-            f"{what}: {t['better']} better, {t['tie']} tied, {t['worse']} worse"
-            for what, t in more.items()
-        )
+        proj_text = "; ".join(_tally_text(f"k = {k}", t) for k, t in per_k.items())
+        more_text = "; ".join(_tally_text(what, t) for what, t in more.items())
         line = f"**{function}** ({len(dims)} dimensions): projection against mean at equal k — "
         line += proj_text or "no shared k"
         if strong or weak:
@@ -596,10 +614,7 @@ def _function_claims(
             line += f" (projection {'; '.join(where)})"
         if log_k:
             line += ". In log10 f (cells where no seed reached exactly 0), projection against "
-            line += "mean — " + "; ".join(
-                f"k = {k}: {t['better']} better, {t['tie']} tied, {t['worse']} worse"
-                for k, t in log_k.items()
-            )
+            line += "mean — " + "; ".join(_tally_text(f"k = {k}", t) for k, t in log_k.items())
         line += f". More tangents — {more_text or 'one k only'}. "
         line += (
             f"Backprop's best f was beaten at {', '.join(beaten)}."
@@ -630,7 +645,7 @@ def sphere_authors_check(budget: FunctionsBudget) -> tuple[list[dict[str, Any]],
             if lr is None or value is None or value <= 0:
                 continue
             mean_log, mc_se = sphere_log_contraction(method, k, n, lr)
-            expected = math.log10(n) + steps * mean_log / math.log(10.0)
+            expected = _log10_after(n, steps, mean_log)
             if expected < -30.0:
                 continue
             sd = math.sqrt(steps) * mc_se * math.sqrt(LOG_CONTRACTION_DRAWS) / math.log(10.0)
@@ -687,10 +702,7 @@ def _function_rows(records: list[dict[str, Any]], budget: FunctionsBudget) -> li
                     Row(
                         group=group,
                         labels={
-                            "n": n,
-                            "method": method,
-                            "k": "–" if k is None else k,
-                            "lr (ours)": _short(r["best_lr"]),
+                            **_cell_labels(n, method, k, r["best_lr"]),
                             "lr (authors)": _short(r["authors_lr"]),
                             "authors' LR-search run, 1 seed": _short(
                                 None if authors is None else authors / scale
@@ -711,18 +723,18 @@ def _function_rows(records: list[dict[str, Any]], budget: FunctionsBudget) -> li
                     Row(
                         group="sphere: log10 f after the last step, mean over seeds, against "
                         "its exact expectation log10 n + T·E[log10 c] at our learning rate",
-                        labels={
-                            "n": n,
-                            "method": method,
-                            "k": "–" if k is None else k,
-                            "lr (ours)": _short(r["best_lr"]),
-                        },
+                        labels=_cell_labels(n, method, k, r["best_lr"]),
                         ours=log10_final["mean"],
                         ours_se=log10_final["se"],
                         theory=log10_final["theory"],
                     )
                 )
     return rows
+
+
+def _cell_labels(n: int, method: str, k: int | None, lr: float | None) -> dict[str, Any]:
+    """The labels of a row for one (n, method, k) cell and the learning rate our search chose."""
+    return {"n": n, "method": method, "k": _k_label(k), "lr (ours)": _short(lr)}
 
 
 def _short(x: float | None) -> str:
@@ -763,19 +775,42 @@ def _budget_from_settings(settings: dict[str, Any]) -> FunctionsBudget:
 LOG_PANEL_FLOOR = 1e-30
 
 
-def _draw_fig4(result: ExperimentResult):
+def _per_function_figure(result: ExperimentResult) -> tuple[FunctionsBudget, Any, Any]:
+    """The budget a ``tangents-functions`` result ran, and a figure of one panel per function."""
     budget = _budget_from_settings(result.settings)
-    records = result.raw["cells"]
-    ks = _all_ks(budget)
     fig, axes = new_figure(ncols=len(budget.functions), panel_size=(5.2, 4.2))
+    return budget, fig, axes
+
+
+def _records_along_n(
+    records: list[dict[str, Any]],
+    budget: FunctionsBudget,
+    function: str,
+    method: str,
+    k: int | None,
+) -> list[dict[str, Any]]:
+    """The cells of one (function, method, k) that ran, in the order of the budget's dims."""
+    return [
+        r for n in budget.dims if (r := _find_record(records, function, n, method, k)) is not None
+    ]
+
+
+def _legend_below(fig: Any, ax: Any) -> None:
+    """One legend for all panels (they share the methods' styles), below them."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8)
+
+
+def _draw_fig4(result: ExperimentResult):
+    budget, fig, axes = _per_function_figure(result)
+    records, ks = result.raw["cells"], _all_ks(budget)
     for ax, function in zip(axes[0], budget.functions):
         per_n = function == "styblinski-tang"
         for method, k in _method_plan(budget):
             found = [
                 r
-                for n in budget.dims
-                if (r := _find_record(records, function, n, method, k)) is not None
-                and math.isfinite(r["mean_best"])
+                for r in _records_along_n(records, budget, function, method, k)
+                if math.isfinite(r["mean_best"])
             ]
             if not found:
                 continue
@@ -803,24 +838,17 @@ def _draw_fig4(result: ExperimentResult):
             ax.set_yscale("log")
             ax.set_ylabel(f"best f (values ≤ {LOG_PANEL_FLOOR:g} drawn at {LOG_PANEL_FLOOR:g})")
         ax.set_title(f"{function}, mean over {len(result.seeds)} seeds", fontsize=10)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8)
+    _legend_below(fig, axes[0][0])
     return fig
 
 
 def _draw_learning_rates(result: ExperimentResult):
-    budget = _budget_from_settings(result.settings)
-    records = result.raw["cells"]
-    ks = _all_ks(budget)
-    fig, axes = new_figure(ncols=len(budget.functions), panel_size=(5.2, 4.2))
+    budget, fig, axes = _per_function_figure(result)
+    records, ks = result.raw["cells"], _all_ks(budget)
     for ax, function in zip(axes[0], budget.functions):
         for method, k in _method_plan(budget):
             style = _style(method, k, ks)
-            found = [
-                r
-                for n in budget.dims
-                if (r := _find_record(records, function, n, method, k)) is not None
-            ]
+            found = _records_along_n(records, budget, function, method, k)
             ours = [(r["dim"], r["best_lr"]) for r in found if r["best_lr"] is not None]
             if ours:
                 ax.plot(*zip(*ours), **{**style, "markersize": 3.5})
@@ -839,17 +867,12 @@ def _draw_learning_rates(result: ExperimentResult):
         ax.set_ylabel("learning rate")
         ax.set_title(f"{function}: ours (markers), authors' (dotted)", fontsize=10)
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8)
+    _legend_below(fig, axes[0][0])
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # The experiment
-
-
-def _functions_seeds(budget: FunctionsBudget, seeds: int | None) -> list[int]:
-    return list(range(seeds if seeds is not None else budget.seeds))
 
 
 def _functions_result(
@@ -865,7 +888,7 @@ def _functions_result(
 
     With ``finished_only`` only cached cells are used; ``raw["missing"]`` lists the others.
     """
-    seed_list = _functions_seeds(budget, seeds)
+    seed_list = _seed_list(seeds, budget.seeds)
     report = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     records = []
     missing: list[dict[str, Any]] = []
@@ -1327,7 +1350,7 @@ def _mlp_records(
                     for r in runs
                     if r["summary"]["status"] == "completed"
                 ]
-                mean, se = mean_and_se(values) if values else (math.nan, None)
+                mean, se = _mean_and_se_or_nan(values)
                 record[metric] = {"values": values, "mean": mean, "se": se}
             records.append(record)
     return records
@@ -1348,11 +1371,16 @@ def _difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> tuple[floa
     return ma["mean"] - mb["mean"], math.hypot(ma["se"], mb["se"])
 
 
+def _tangent_counts(budget: MlpBudget, method: str | None = None) -> list[int]:
+    """The k of the budget's forward-gradient methods (of ``method`` only, when given), sorted."""
+    return sorted({k for m, k in budget.methods if k is not None and method in (None, m)})
+
+
 def _mlp_claims(records: list[dict[str, Any]], budget: MlpBudget) -> tuple[dict, list[str]]:
     claims: dict[str, Any] = {}
     lines = []
-    mean_ks = sorted(k for m, k in budget.methods if m == "mean" and k is not None)
-    proj_ks = sorted(k for m, k in budget.methods if m == "projection" and k is not None)
+    mean_ks = _tangent_counts(budget, "mean")
+    proj_ks = _tangent_counts(budget, "projection")
     for width in budget.widths:
         entry: dict[str, Any] = {}
         parts = []
@@ -1424,7 +1452,7 @@ def _mlp_rows(records: list[dict[str, Any]], budget: MlpBudget) -> list[Row]:
                 "width": r["width"],
                 "n": r["n"],
                 "method": r["method"],
-                "k": "–" if r["tangents"] is None else r["tangents"],
+                "k": _k_label(r["tangents"]),
                 "lr (authors')": _short(r["lr"]),
                 "effective lr": _short(r["effective_lr"]),
             }
@@ -1454,8 +1482,7 @@ def _mlp_budget_from_settings(settings: dict[str, Any]) -> MlpBudget:
 
 def _draw_mlp(result: ExperimentResult):
     budget = _mlp_budget_from_settings(result.settings)
-    records = result.raw["runs"]
-    ks = sorted({k for _, k in budget.methods if k is not None})
+    records, ks = result.raw["runs"], _tangent_counts(budget)
     fig, axes = new_figure(ncols=len(budget.widths), nrows=2, panel_size=(4.8, 3.6))
     for col, width in enumerate(budget.widths):
         for row, (metric, title) in enumerate(
@@ -1495,8 +1522,7 @@ def _draw_mlp(result: ExperimentResult):
 
 def _draw_mlp_curves(result: ExperimentResult):
     budget = _mlp_budget_from_settings(result.settings)
-    records = result.raw["runs"]
-    ks = sorted({k for _, k in budget.methods if k is not None})
+    records, ks = result.raw["runs"], _tangent_counts(budget)
     fig, axes = new_figure(ncols=len(budget.widths), panel_size=(4.8, 3.6))
     for ax, width in zip(axes[0], budget.widths):
         for method, k in budget.methods:
@@ -1565,7 +1591,7 @@ def run_tangents_mlp(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
     config = MLP_BUDGETS[budget]
-    seed_list = list(range(seeds if seeds is not None else config.seeds))
+    seed_list = _seed_list(seeds, config.seeds)
     threads = torch.get_num_threads()
     with torch_threads(config.threads):
         records = _mlp_records(config, seed_list, Path(out_dir), progress)
