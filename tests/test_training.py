@@ -9,7 +9,7 @@ import forwardgrad as fg
 from forwardgrad.cli import main
 from forwardgrad.config import ConfigError, TrainConfig, config_from_mapping, parse_guess_spec
 from forwardgrad.data import Dataset, load_dataset
-from forwardgrad.train import TrainingDiverged, evaluate, train
+from forwardgrad.train import PROBE_SEED_OFFSET, TrainingDiverged, evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,30 @@ def test_short_mnist1d_run_lowers_training_loss(spec, mnist1d_small, tmp_path):
         loss0,
         result.summary["final"],
     )
+
+
+def test_estimator_factory_builds_the_training_and_probe_estimators(mnist1d_small, tmp_path):
+    built = []
+
+    def factory(cfg: TrainConfig, model: torch.nn.Module) -> fg.Estimator:
+        built.append(cfg.seed)
+        return fg.Estimator(model, "activation", seed=cfg.seed)
+
+    cfg = TrainConfig(guess="wt", depth=1, width=16, epochs=2, batch_size=256, probe_every=1)
+    train(cfg, tmp_path / "run", progress=False, data=mnist1d_small, estimator_factory=factory)
+    assert built == [cfg.seed, cfg.seed + PROBE_SEED_OFFSET]  # the run, then the probes
+    # ... and it trained with the factory's estimator: the same run with the factory's guess
+    # by name gives the same weights.
+    ref = train(
+        TrainConfig(guess="activation", depth=1, width=16, epochs=2, batch_size=256, probe_every=1),
+        tmp_path / "ref",
+        progress=False,
+        data=mnist1d_small,
+    )
+    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=False)["model"]
+    assert ref.summary["status"] == "completed"
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_run_directory_contents_and_resume(mnist1d_small, tmp_path):

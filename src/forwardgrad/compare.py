@@ -19,7 +19,8 @@ from .train import TrainingDiverged, train
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 
 
-def _label(spec: str) -> str:
+def run_dir_name(spec: str) -> str:
+    """The folder name ``compare()`` gives a guess spec's runs (``OUT/<name>/seed<s>``)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
 
 
@@ -70,7 +71,7 @@ def compare(
         name, options = parse_guess_spec(spec)
         for seed in range(base.seed, base.seed + seeds):
             cfg = dataclasses.replace(base, guess=name, seed=seed, **options).validate()
-            run_dir = out / _label(spec) / f"seed{seed}"
+            run_dir = out / run_dir_name(spec) / f"seed{seed}"
             tasks.append(
                 (
                     cfg,

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,16 @@ def probe_batch(
     return x, data.y_train[pick].to(device)
 
 
-def build_probe_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
+EstimatorFactory = Callable[[TrainConfig, nn.Module], Estimator]
+"""``factory(cfg, model) -> Estimator``; :func:`build_estimator` is the default."""
+
+
+def build_probe_estimator(
+    cfg: TrainConfig, model: nn.Module, factory: EstimatorFactory | None = None
+) -> Estimator:
     """The run's estimator with its own tangent seed, for probes beside training."""
-    return build_estimator(dataclasses.replace(cfg, seed=cfg.seed + PROBE_SEED_OFFSET), model)
+    probe_cfg = dataclasses.replace(cfg, seed=cfg.seed + PROBE_SEED_OFFSET)
+    return (factory or build_estimator)(probe_cfg, model)
 
 
 @torch.no_grad()
@@ -126,11 +134,14 @@ def train(
     progress: bool = True,
     data: Dataset | None = None,
     epochs: int | None = None,
+    estimator_factory: EstimatorFactory | None = None,
 ) -> RunResult:
     """Train with ``cfg`` into ``out_dir``.
 
     With ``resume``, continue the run saved in ``out_dir`` from its checkpoint with its saved
-    config (``cfg`` is ignored); ``epochs`` may extend it.
+    config (``cfg`` is ignored); ``epochs`` may extend it. ``estimator_factory`` builds the
+    training (and probe) estimator instead of :func:`build_estimator`, for estimators that are
+    no registered guess; such a run must be resumed with the same factory.
     """
     out = Path(out_dir)
     ckpt_path = out / "checkpoint.pt"
@@ -157,13 +168,15 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
-    estimator = build_estimator(cfg, model)
+    estimator = (estimator_factory or build_estimator)(cfg, model)
     optimizer = make_optimizer(
         cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum
     )
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     augment = torch.Generator().manual_seed(cfg.seed + 2)  # on-the-fly augmentation, if any
-    probe_estimator = build_probe_estimator(cfg, model) if cfg.probe_every else None
+    probe_estimator = (
+        build_probe_estimator(cfg, model, estimator_factory) if cfg.probe_every else None
+    )
     if probe_estimator is not None:
         probe_x, probe_y = probe_batch(data, cfg.batch_size, cfg.seed, device)
 

@@ -30,8 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..compare import _label as compare_run_label  # where compare() puts each run
-from ..compare import compare
+from ..compare import compare, run_dir_name
 from ..config import TrainConfig, parse_guess_spec
 from ..data import Dataset, load_dataset
 from ..diagnostics import (
@@ -59,7 +57,7 @@ from ..guesses.base import isotropic_site_tangents
 from ..io import read_jsonl, write_jsonl
 from ..jvp import SiteContext
 from ..sites import find_sites
-from ..train import TrainingDiverged, build_model, probe_batch, train
+from ..train import EstimatorFactory, TrainingDiverged, build_model, probe_batch, train
 from .multitangent import gaussian_sum_cosine, projection_cosine
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row, Tolerance, draw_curve, mean_and_se, new_figure
@@ -323,29 +321,6 @@ class UnitGuess:
         return loss, {p: piece.view_as(p).to(p.dtype) for p, piece in zip(params, pieces)}
 
 
-EstimatorFactory = Callable[[TrainConfig, nn.Module], Estimator]
-
-
-@contextmanager
-def estimators_from(factory: EstimatorFactory) -> Iterator[None]:
-    """Let ``train()`` use estimators that are no registered guess.
-
-    ``train()`` builds its estimator (and its probes' estimator) with
-    ``forwardgrad.train.build_estimator(cfg, model)`` from the config's guess name; for the
-    duration of the block that function is ``factory``. Runs made this way record the guess
-    name of the config (``cosine-matched``, ``wt-power``), which plain ``train()`` rejects, so
-    they are resumed only through these experiments.
-    """
-    from .. import train as train_module
-
-    original = train_module.build_estimator
-    train_module.build_estimator = factory
-    try:
-        yield
-    finally:
-        train_module.build_estimator = original
-
-
 # ---------------------------------------------------------------------------------------------
 # Running training with measurements at checkpoints
 
@@ -375,6 +350,7 @@ def train_with_measurements(
     measure: Measure,
     progress: bool = False,
     at_start: bool = True,
+    estimator_factory: EstimatorFactory | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Train ``cfg`` with ``train()``, stopping every ``every`` epochs to ``measure(model, epoch)``.
 
@@ -382,7 +358,8 @@ def train_with_measurements(
     that of one uninterrupted run. Measurements go to ``run_dir/measurements.jsonl``; a rerun
     continues from the last checkpoint (or returns at once when the run is complete).
     Returns the measurements (``{"epoch", **measure(...)}``, epoch 0 first when ``at_start``)
-    and the run's per-epoch metrics.
+    and the run's per-epoch metrics. ``estimator_factory`` goes to ``train()`` (estimators that
+    are no registered guess: ``cosine-matched``, ``wt-power``).
     """
     path = run_dir / "measurements.jsonl"
     ckpt = run_dir / "checkpoint.pt"
@@ -405,9 +382,23 @@ def train_with_measurements(
         try:
             if done == 0:
                 segment = dataclasses.replace(cfg, epochs=target)
-                train(segment, run_dir, progress=progress, data=data)
+                train(
+                    segment,
+                    run_dir,
+                    progress=progress,
+                    data=data,
+                    estimator_factory=estimator_factory,
+                )
             else:
-                train(cfg, run_dir, resume=True, progress=progress, data=data, epochs=target)
+                train(
+                    cfg,
+                    run_dir,
+                    resume=True,
+                    progress=progress,
+                    data=data,
+                    epochs=target,
+                    estimator_factory=estimator_factory,
+                )
         except TrainingDiverged:  # summary.json says where; the epochs before it stand
             break
         records.append({"epoch": target, **measure(checkpoint_model(cfg, data, run_dir), target)})
@@ -436,10 +427,23 @@ def final_metric(metrics: Sequence[dict], key: str) -> float:
     return float(metrics[-1][key]) if metrics else math.nan
 
 
-def train_once(cfg: TrainConfig, run_dir: Path, data: Dataset, progress: bool = False) -> list:
+def train_once(
+    cfg: TrainConfig,
+    run_dir: Path,
+    data: Dataset,
+    progress: bool = False,
+    estimator_factory: EstimatorFactory | None = None,
+) -> list:
     """Train (or finish, or skip a finished) run; returns its per-epoch metrics."""
     records, metrics = train_with_measurements(
-        cfg, run_dir, data, cfg.epochs, lambda m, e: {}, progress, at_start=False
+        cfg,
+        run_dir,
+        data,
+        cfg.epochs,
+        lambda m, e: {},
+        progress,
+        at_start=False,
+        estimator_factory=estimator_factory,
     )
     return metrics
 
@@ -516,7 +520,7 @@ def _settings(budget_settings: dict[str, Any], out_dir: Path, **extra: Any) -> d
 
 def _compared_run(root: Path, spec: str, seed: int) -> Path:
     """The folder where ``compare(..., root)`` trains guess ``spec`` with ``seed``."""
-    return root / compare_run_label(spec) / f"seed{seed}"
+    return root / run_dir_name(spec) / f"seed{seed}"
 
 
 def _accuracy_percent(row: dict[str, Any], split: str, seeds: int) -> tuple[float, float | None]:
@@ -1243,13 +1247,13 @@ def _bias_training(
         cfg = dataclasses.replace(
             base, optimizer=optimizer, momentum=momentum, lr=lr, weight_decay=weight_decay
         )
-        with estimators_from(matched):
-            metrics = train_once(
-                dataclasses.replace(cfg, guess="cosine-matched"),
-                root / f"matched-{tag}-seed{seed}",
-                data,
-                progress,
-            )
+        metrics = train_once(
+            dataclasses.replace(cfg, guess="cosine-matched"),
+            root / f"matched-{tag}-seed{seed}",
+            data,
+            progress,
+            estimator_factory=matched,
+        )
         runs[f"matched-{tag}"] = {"label": f"cosine-matched, {tag}", "metrics": metrics}
         if optimizer == "sgd":
             runs[f"wt-{tag}"] = {
@@ -1649,15 +1653,15 @@ def run_guess_sharpening(
                     ),
                 }
 
-            with estimators_from(factory):
-                records, metrics = train_with_measurements(
-                    cfg,
-                    out_dir / "runs" / f"power{power:g}-seed{seed}",
-                    data,
-                    b["measure_every"],
-                    measure,
-                    progress,
-                )
+            records, metrics = train_with_measurements(
+                cfg,
+                out_dir / "runs" / f"power{power:g}-seed{seed}",
+                data,
+                b["measure_every"],
+                measure,
+                progress,
+                estimator_factory=factory,
+            )
             powers.setdefault(f"{power:g}", []).append({"records": records, "metrics": metrics})
     drop_checkpoints(out_dir / "runs")
     rows, notes = _sharpening_rows(b, methods, powers)
@@ -2121,7 +2125,6 @@ __all__ = [
     "PoweredWTranspose",
     "activity_cosine",
     "cosine_matched_direction",
-    "estimators_from",
     "guess_counts",
     "hidden_layers",
     "pca_basis",
