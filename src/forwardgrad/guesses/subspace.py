@@ -107,14 +107,26 @@ def svd_subspace(
 
     Returns ``basis (B, d1, kk)`` (orthonormal columns) and ``weights (B, kk)``: 1 for directions
     kept, 0 for directions dropped as numerically zero (only when ``k`` is None: full rank).
-    Top-k subspaces come from the eigenproblems restricted to each example's active units when
-    those are clearly fewer than d1 (same answer, far cheaper).
+    The same answer comes cheaper where the structure allows: from the small ``(d2, d2)``
+    problem when the next layer is narrow, from the eigenproblems restricted to each example's
+    active units when those are clearly fewer than d1, and with no eigendecomposition at full
+    rank when the row space is exactly the active units (square, well-conditioned W).
     """
     d2, d1 = weight.shape
     r = min(d2, d1)
     if k is None and not bottom and _rows_span_active_units(weight, mask):
         return _active_unit_basis(mask, r)
     most_active = int((mask != 0).sum(-1).max())
+    if not bottom and d2 <= 0.8 * most_active and (k is None or k <= d2):
+        # A narrow next layer: every nonzero direction comes from the small (d2, d2) problem.
+        # (An explicit k must be k orthonormal columns: if some example has fewer nonzero
+        # directions, the other paths below complete its basis with null directions.)
+        basis, svals = _row_space_subspace(weight, mask, d2 if k is None else k)
+        keep = _numerical_keep(svals, d2, d1)
+        if k is None:
+            return basis, keep.to(weight.dtype)
+        if bool(keep.all()):
+            return basis, torch.ones_like(svals)
     compact = not bottom and most_active <= 0.8 * d1 and (k is None or k <= most_active)
     if compact:
         basis, svals = _active_subspace(weight, mask)
