@@ -87,6 +87,8 @@ class Estimator:
         seed: seed of the tangent generator.
         chunk_size: push at most this many tangents through the network at once, bounding
             tangent memory at the cost of one primal pass per chunk (None: all k at once).
+            With ``sum`` and ``mean`` each chunk is folded into the estimate and dropped;
+            ``projection`` needs every tangent at once and keeps them all.
         low_memory: activity-space guesses only. Keep no site's inputs or tangents: a first
             pass computes the JVPs (and, for projection, the Gram matrices of the tangents,
             accumulated site by site); a second primal pass regenerates each site's tangents from
@@ -332,25 +334,33 @@ class Estimator:
             return self._activity_estimates(x, targets, loss_fn or self.loss_fn)
 
     def _activity_estimates(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
+        projection = self.aggregation == "projection"
         jvps, site_tangents, inputs, loss = [], [], None, None
+        sums: list[Tensor] | None = None  # sum and mean: running sum_j d_j u_j per site
         for k in self._chunks():
             begin, draw = self._site_draws(k)
             begin(x.shape[0])
             res = forward_jvp(self.plan, x, targets, loss_fn, k, site_tangents=draw)
-            jvps.append(res.jvps)
-            site_tangents.append(res.tangents)
             inputs, loss = res.inputs, res.losses.mean()
+            if projection:  # its coefficients need every tangent's JVP and Gram at once
+                jvps.append(res.jvps)
+                site_tangents.append(res.tangents)
+                continue
+            # Fold each chunk in and drop its tangents: memory stays at one chunk's worth.
+            part = [aggregate_sum(u, res.jvps) for u in res.tangents]
+            sums = part if sums is None else [t.add_(p) for t, p in zip(sums, part)]
+        if not projection:
+            assert sums is not None
+            if self.aggregation == "mean" and self.num_tangents > 1:
+                sums = [t.div_(self.num_tangents) for t in sums]
+            return loss, sums, inputs
         if len(jvps) == 1:  # one chunk: no concatenation copies
             d, per_site = jvps[0], site_tangents[0]
         else:
             d = torch.cat(jvps, 0)  # (k, B)
             per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
-        if self.aggregation != "projection":
-            g_sites = [aggregate(self.aggregation, u, d) for u in per_site]  # each (B, d_i)
-        else:
-            coefs = self._projection_coefficients([tangent_gram(u, None) for u in per_site], d)
-            g_sites = [aggregate_sum(u, c) for u, c in zip(per_site, coefs)]
-        return loss, g_sites, inputs
+        coefs = self._projection_coefficients([tangent_gram(u, None) for u in per_site], d)
+        return loss, [aggregate_sum(u, c) for u, c in zip(per_site, coefs)], inputs
 
     def _activity_space(
         self, x: Tensor, targets: Tensor, loss_fn: LossFn, sink: LayerSink
