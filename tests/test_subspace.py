@@ -73,7 +73,7 @@ def test_svd_subspace_on_active_units_equals_full_problem(d2, d1, k):
     w, m = decaying(d2, d1), masks(16, d1)
     m[0, :3], m[0, 3:] = 1, 0  # 3 active units: its top-6 includes null directions
     assert int((m != 0).sum(-1).max()) <= 0.8 * d1  # the restricted path is the one tested
-    basis, keep = svd_subspace(w, m, k)
+    basis, keep = svd_subspace(w, m, k, ordered=k is not None)
     full, svals = exact_subspace(w, m)
     r = min(d2, d1)
     assert basis.shape == (16, d1, r if k is None else min(k, r))
@@ -195,3 +195,13 @@ def test_bfloat16_gram_applies_capture_the_same_energy():
 def test_wperp_rejects_unknown_gram_dtype():
     with pytest.raises(ValueError, match="gram_dtype 'float16'"):
         make_guess("wperp", GuessOptions(gram_dtype="float16"))
+
+
+def test_svd_subspace_columns_are_ordered_by_singular_value():
+    # Fig. 1's overlap curves read the columns in order: the default keeps it on every path.
+    w = torch.nn.Linear(48, 48).weight.detach()  # square, full rank
+    m = masks(8, 48)
+    basis, keep = svd_subspace(w, m, None)
+    _, svals = exact_subspace(w, m)
+    energy = torch.einsum("bdr,bde,ber->br", basis, masked_gram(w, m), basis) * keep
+    torch.testing.assert_close(energy.sqrt(), svals * keep, atol=1e-4, rtol=1e-4)

@@ -92,7 +92,7 @@ class WPerp(Guess):
         if o.solver == "newton-schulz":
             return self._newton_schulz(ctx, w, mask, k, generator)
         if o.solver == "svd":
-            basis, keep = svd_subspace(w, mask, o.rank, bottom=o.bottom)
+            basis, keep = svd_subspace(w, mask, o.rank, bottom=o.bottom, ordered=False)
         else:
             basis, _ = randomized_subspace(
                 w,

@@ -101,20 +101,25 @@ def _active_unit_basis(mask: Tensor, r: int) -> tuple[Tensor, Tensor]:
 
 
 def svd_subspace(
-    weight: Tensor, mask: Tensor, k: int | None, bottom: bool = False
+    weight: Tensor, mask: Tensor, k: int | None, bottom: bool = False, ordered: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k (or bottom-k) right singular subspace of every ``W diag(m_b)``.
 
     Returns ``basis (B, d1, kk)`` (orthonormal columns) and ``weights (B, kk)``: 1 for directions
     kept, 0 for directions dropped as numerically zero (only when ``k`` is None: full rank).
+    Columns come in descending order of singular value. With ``ordered=False`` and ``k`` None
+    the caller takes any orthonormal basis of the kept span (W̃⊥ at full rank draws
+    ``V_r z``, whose law does not depend on the basis).
+
     The same answer comes cheaper where the structure allows: from the small ``(d2, d2)``
     problem when the next layer is narrow, from the eigenproblems restricted to each example's
-    active units when those are clearly fewer than d1, and with no eigendecomposition at full
-    rank when the row space is exactly the active units (square, well-conditioned W).
+    active units when those are clearly fewer than d1, and (unordered, full rank) with no
+    eigendecomposition when the row space is exactly the active units (square,
+    well-conditioned W).
     """
     d2, d1 = weight.shape
     r = min(d2, d1)
-    if k is None and not bottom and _rows_span_active_units(weight, mask):
+    if k is None and not ordered and not bottom and _rows_span_active_units(weight, mask):
         return _active_unit_basis(mask, r)
     most_active = int((mask != 0).sum(-1).max())
     if not bottom and d2 <= 0.8 * most_active and (k is None or k <= d2):
