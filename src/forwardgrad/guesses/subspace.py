@@ -275,11 +275,12 @@ def randomized_subspace(
     low = gram_dtype is not None and gram_dtype != weight.dtype
     gram_low = gram.to(gram_dtype) if low else gram
 
-    # A 0/1 mask (ReLU) is idempotent: vectors already masked need no second mask.
+    # Every block applied below is already masked (start * m, or rows of A z); a 0/1 mask
+    # (ReLU) is idempotent, so those need no second mask.
     binary = bool(((mask == 0) | (mask == 1)).all())
 
-    def apply(z: Tensor, masked: bool) -> Tensor:  # A_b z_b for every b, as rows: (B, p, d1)
-        zm = z if masked and binary else z * m
+    def apply(z: Tensor) -> Tensor:  # A_b z_b for every b, as rows: (B, p, d1)
+        zm = z if binary else z * m
         if low:
             y = (zm.view(b * p, d1).to(gram_dtype) @ gram_low).to(weight.dtype)
         else:
@@ -291,8 +292,8 @@ def randomized_subspace(
         start = torch.linalg.qr(gram @ start)[0]
     z = start.t().unsqueeze(0) * m  # (B, p, d1)
     for _ in range(iterations):
-        z = _orthonormal_rows(apply(z, masked=True))  # rows of A z are masked too
-    y = apply(z, masked=True)
+        z = _orthonormal_rows(apply(z))
+    y = apply(z)
     # Nystrom: with C = Z^T A Z = L L^T (shifted: Z's masked rows can be nearly dependent),
     # A ~ F F^T for F = Y L^-T, whose top left singular vectors are F E S^-1, E and S^2 the top
     # eigenpairs of F^T F = L^-1 Y^T Y L^-T. So the basis is Y (L^-T E S^-1): one tall product.
