@@ -16,7 +16,7 @@ cached beside the run (``measurements-*.json``).
 Exact SVD is the reference W̃⊥ solver. It is replaced by the randomized top-k solver where it
 cannot run in reasonable time on a CPU: above width 128 everywhere (hours per run at width 256,
 more than a day at width 512 on a 2-core CPU), and above width 64 in the many-run Tables 1 and 3
-(at width 128 an exact step takes ~0.5 s on 2 cores, ~20 min per 300-epoch run, which is ~4 h
+(at width 128 an exact step takes ~0.65 s on 2 cores, ~25 min per 300-epoch run, which is ~4 h
 of exact runs for Table 1 and as much again for Table 3). W̃⊥ with k = rank(W̃) stays exact at
 every width: for a square full-rank W the row space of W diag(m) is the active units'
 coordinates, so it needs no eigendecomposition. Each README says which solver ran where.
@@ -869,7 +869,7 @@ def run_rank(
             "k = 25, 10, 1 use it too."
             if solver == "svd"
             else f"k = 25, 10, 1 use the `{solver}` top-k solver: exact SVD at width {width} "
-            "costs ~20 min per 300-epoch run on a 2-core CPU, ~4 h for the table's seeds."
+            "costs ~25 min per 300-epoch run on a 2-core CPU, ~4 h for the table's seeds."
         ),
         "The paper reports one run per setting with no seed count; ours are the mean ± standard "
         "error over the seeds listed.",
@@ -899,7 +899,7 @@ def run_rank(
             None
             if solver == "svd"
             else "the paper's settings, except that W̃⊥ with k = 25, 10, 1 trains with the "
-            f"randomized top-k solver instead of exact SVD (~20 min per run at width {width} on a "
+            f"randomized top-k solver instead of exact SVD (~25 min per run at width {width} on a "
             "2-core CPU); k = rank(W̃) is exact.",
         ),
         notes=notes,
