@@ -216,6 +216,16 @@ def test_segmented_run_follows_the_uninterrupted_trajectory(tmp_path):
     seen.clear()
     again, cached = wp.measured_run(cfg, tmp_path / "segments", data, (0, 1, 3), "t", measure)
     assert not seen and cached == points and again["steps"] == summary["steps"]
+    # Another experiment sharing the finished run measures its earlier epochs from the kept
+    # snapshots, without retraining: the same models as seen along the way.
+    shared, other_points = wp.measured_run(
+        cfg, tmp_path / "segments", data, (0, 1, 3), "other", measure
+    )
+    assert seen == [points[e]["weight_sum"] for e in (0, 1, 3)]
+    assert sorted(other_points) == [0, 1, 3] and shared["steps"] == summary["steps"]
+    # Without a snapshot an epoch the run has passed cannot be measured: a clear error.
+    with pytest.raises(RuntimeError, match="no snapshot of epoch 2"):
+        wp.checkpoint_model(cfg, tmp_path / "segments", data, 2)
     # A run of other settings in the same folder is refused.
     other = wp.config(wp.WT, 16, 3, seed=0)
     with pytest.raises(ValueError, match="other settings"):

@@ -15,6 +15,8 @@ import torch
 
 from forwardgrad.guesses import GuessOptions, make_guess
 from forwardgrad.guesses.subspace import (
+    active_units,
+    compact_masked_jacobian,
     exact_subspace,
     masked_gram,
     masked_jacobian,
@@ -146,10 +148,32 @@ def test_randomized_survives_rank_deficient_masks():
 
 
 def test_bottom_k_is_the_smallest_directions():
-    w, m = decaying(32, 32), masks(4, 32)
+    # All units active: the bottom-k come from the eigendecomposition, nonzero and smallest.
+    w, m = decaying(32, 32), torch.ones(4, 32)
     top, _ = svd_subspace(w, m, 5)
     bottom, _ = svd_subspace(w, m, 5, bottom=True)
     assert (top.transpose(1, 2) @ bottom).abs().max() < 1e-4  # disjoint subspaces
+    _, svals = exact_subspace(w, m)
+    s_bottom = torch.linalg.matrix_norm(masked_jacobian(w, m) @ bottom, ord=2)
+    assert torch.allclose(s_bottom, svals[:, -5], rtol=1e-3)
+
+
+def test_bottom_k_of_masked_jacobian_is_its_null_space():
+    """With at most r - k active units the k smallest singular values are zero: the bottom-k
+    subspace (from the inactive units, no eigendecomposition) is orthonormal, annihilated by
+    W diag(m_b), orthogonal to the top directions, and the eigendecomposition agrees that those
+    singular values are zero."""
+    w, m = decaying(32, 32), masks(6, 32)
+    assert int(m.sum(-1).max()) <= 32 - 5
+    bottom, weights = svd_subspace(w, m, 5, bottom=True)
+    assert bottom.shape == (6, 32, 5) and bool((weights == 1).all())
+    eye = torch.eye(5).expand(6, 5, 5)
+    assert torch.allclose(bottom.transpose(1, 2) @ bottom, eye)
+    assert (masked_jacobian(w, m) @ bottom).abs().max() == 0
+    top, _ = svd_subspace(w, m, 10)
+    assert (top.transpose(1, 2) @ bottom).abs().max() < 1e-6
+    _, svals = exact_subspace(w, m)
+    assert svals[:, -5:].max() < 1e-5 * svals[:, 0].min()
 
 
 def test_newton_schulz_guess_covariance_matches_top_k_projector():
@@ -205,3 +229,24 @@ def test_svd_subspace_columns_are_ordered_by_singular_value():
     _, svals = exact_subspace(w, m)
     energy = torch.einsum("bdr,bde,ber->br", basis, masked_gram(w, m), basis) * keep
     torch.testing.assert_close(energy.sqrt(), svals * keep, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("d2,d1", [(48, 48), (64, 40), (24, 48)])
+def test_polynomial_on_active_columns_equals_the_full_one(d2, d1):
+    """W̃⊥-NS iterates on each example's active columns only: scattered back, the same
+    p^N(W~) as on the full masked Jacobian (its inactive columns stay zero)."""
+    from forwardgrad.guesses import newton_schulz as ns
+
+    w = decaying(d2, d1).double()
+    m = masks(5, d1).double() * torch.rand(5, d1, generator=torch.Generator().manual_seed(3))
+    m[0] = 0  # an example with no active unit
+    norm = torch.linalg.matrix_norm(masked_jacobian(w, m), ord=2).clamp_min(1e-30).view(-1, 1, 1)
+    _, coeffs = ns.coefficients_keeping(0.5)
+    full = ns.matrix_polynomial(masked_jacobian(w, m) / norm, coeffs, ns.DEFAULT_ITERATIONS)
+    idx = active_units(m)
+    assert idx.shape[1] == int((m != 0).sum(-1).max())
+    small = ns.matrix_polynomial(
+        compact_masked_jacobian(w, m, idx) / norm, coeffs, ns.DEFAULT_ITERATIONS
+    )
+    back = torch.zeros_like(full).scatter_(2, idx.unsqueeze(1).expand(-1, d2, -1), small)
+    assert torch.allclose(back, full, atol=1e-12)

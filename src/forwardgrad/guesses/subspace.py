@@ -52,6 +52,22 @@ def exact_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return basis, svals
 
 
+def active_units(mask: Tensor) -> Tensor:
+    """Indices ``(B, a)`` of each example's active units (``m_b != 0``) first, padded with
+    inactive ones to the batch's largest active count ``a``."""
+    active = mask != 0
+    a = max(int(active.sum(-1).max()), 1)
+    return torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :a]
+
+
+def compact_masked_jacobian(weight: Tensor, mask: Tensor, idx: Tensor) -> Tensor:
+    """``W diag(m_b)`` restricted to the columns ``idx`` (B, a) of :func:`active_units`:
+    (B, d2, a). The dropped columns are zero, so any product of the form ``A q(A^T A)`` of the
+    full matrix is this one's, scattered back to ``idx`` (zeros elsewhere)."""
+    cols = weight[:, idx].permute(1, 0, 2)  # (B, d2, a)
+    return cols * mask.gather(1, idx).unsqueeze(1)
+
+
 def _active_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Like :func:`exact_subspace`, from the eigendecomposition of each masked Gram matrix
     restricted to the example's active units (``m_b != 0``), padded to the batch's largest
@@ -62,9 +78,8 @@ def _active_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """
     d1 = weight.shape[1]
     b = mask.shape[0]
-    active = mask != 0
-    a = max(int(active.sum(-1).max()), 1)
-    idx = torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :a]  # active first
+    idx = active_units(mask)
+    a = idx.shape[1]
     w64 = weight.double()
     gram = w64.t() @ w64
     mv = mask.double().gather(1, idx)  # 0 on the padding (inactive units)
@@ -87,17 +102,16 @@ def _rows_span_active_units(weight: Tensor, mask: Tensor) -> bool:
     return bool(svals[-1] > 10 * max(d1, d2) * torch.finfo(torch.float32).eps * svals[0])
 
 
-def _active_unit_basis(mask: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """Basis ``(B, d1, r)`` of unit vectors on each example's active units, keep weights
-    ``(B, r)`` (1 for the active count, 0 after): the full numerical row space of W diag(m_b)
-    when :func:`_rows_span_active_units` holds, with no eigendecomposition."""
-    b, d1 = mask.shape
-    active = mask != 0
-    idx = torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :r]  # active first
-    basis = torch.zeros(b, d1, r, dtype=mask.dtype, device=mask.device)
+def _unit_basis(units: Tensor, r: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Unit vectors on each example's first r selected units (``units`` (B, d1) bool): basis
+    ``(B, d1, r)`` and keep weights ``(B, r)``, 1 for as many columns as the example has
+    selected units and 0 (a zero column) after."""
+    b, d1 = units.shape
+    idx = torch.argsort((~units).to(torch.uint8), dim=-1, stable=True)[:, :r]  # selected first
+    basis = torch.zeros(b, d1, r, dtype=dtype, device=units.device)
     basis.scatter_(1, idx.unsqueeze(1), 1.0)
-    keep = torch.arange(r, device=mask.device) < active.sum(-1, keepdim=True)
-    return basis * keep.unsqueeze(1), keep.to(mask.dtype)
+    keep = torch.arange(r, device=units.device) < units.sum(-1, keepdim=True)
+    return basis * keep.unsqueeze(1), keep.to(dtype)
 
 
 def svd_subspace(
@@ -113,15 +127,23 @@ def svd_subspace(
 
     The same answer comes cheaper where the structure allows: from the small ``(d2, d2)``
     problem when the next layer is narrow, from the eigenproblems restricted to each example's
-    active units when those are clearly fewer than d1, and (unordered, full rank) with no
-    eigendecomposition when the row space is exactly the active units (square,
-    well-conditioned W).
+    active units when those are clearly fewer than d1, and with no eigendecomposition where the
+    answer is known: (unordered, full rank) when the row space is exactly the active units
+    (square, well-conditioned W); bottom-k when the k smallest singular values are all zero.
     """
     d2, d1 = weight.shape
     r = min(d2, d1)
     if k is None and not ordered and not bottom and _rows_span_active_units(weight, mask):
-        return _active_unit_basis(mask, r)
+        # The full numerical row space is exactly the active units: no eigendecomposition.
+        return _unit_basis(mask != 0, r, weight.dtype)
     most_active = int((mask != 0).sum(-1).max())
+    if bottom and k is not None and most_active <= r - min(k, r):
+        # rank(W diag(m_b)) <= active units <= r - k: the k smallest singular values are all
+        # zero, so any k orthonormal null directions are the bottom-k subspace of a reduced
+        # SVD. Inactive units' unit vectors are such (their columns are zero), with no
+        # eigendecomposition.
+        basis, _ = _unit_basis(mask == 0, min(k, r), weight.dtype)
+        return basis, torch.ones(basis.shape[::2], dtype=weight.dtype, device=weight.device)
     if not bottom and d2 <= 0.8 * most_active and (k is None or k <= d2):
         # A narrow next layer: every nonzero direction comes from the small (d2, d2) problem.
         # (An explicit k must be k orthonormal columns: if some example has fewer nonzero

@@ -49,7 +49,7 @@ from ..diagnostics import (
     overlap_curves,
 )
 from ..estimator import cross_entropy_per_example
-from ..io import read_jsonl, write_json
+from ..io import atomic_write, read_jsonl, write_json
 from ..train import TrainingDiverged, build_estimator, build_model, probe_batch, read_config, train
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row, Tolerance, draw_curve, mean_and_se, new_figure
@@ -394,10 +394,31 @@ def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
     return build_model(cfg, data)
 
 
+def snapshot_path(path: Path, epoch: int) -> Path:
+    """The copy of a run's checkpoint kept at a measured epoch (``checkpoint-epoch<E>.pt``)."""
+    return path / f"checkpoint-epoch{epoch}.pt"
+
+
+def keep_snapshot(path: Path, epoch: int) -> None:
+    """Keep the run's current checkpoint (at ``epoch``) as a snapshot, so that another
+    experiment sharing the run can measure that epoch after the run has moved on."""
+    target = snapshot_path(path, epoch)
+    if not target.exists():
+        data = (path / "checkpoint.pt").read_bytes()
+        atomic_write(target, lambda f: f.write(data))
+
+
 def checkpoint_model(cfg: TrainConfig, path: Path, data: Dataset, epoch: int) -> nn.Sequential:
-    state = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    """The run's model at ``epoch``: its snapshot there, else its checkpoint if at ``epoch``."""
+    source = snapshot_path(path, epoch)
+    if not source.exists():
+        source = path / "checkpoint.pt"
+    state = torch.load(source, map_location="cpu", weights_only=False)
     if state["epoch"] != epoch:
-        raise RuntimeError(f"{path}: the checkpoint is at epoch {state['epoch']}, not {epoch}")
+        raise RuntimeError(
+            f"{path}: the checkpoint is at epoch {state['epoch']}, not {epoch}, and no snapshot "
+            f"of epoch {epoch} was kept; remove the run to measure it"
+        )
     model = build_model(cfg, data)
     model.load_state_dict(state["model"])
     return model.eval()
@@ -418,7 +439,9 @@ def measured_run(
     """Train ``cfg`` to its last epoch, measuring the model at every epoch in ``points``.
 
     Returns the run's summary and ``{epoch: measure(model)}`` (an epoch the run did not reach,
-    because it diverged, is missing). Measurements are cached in ``measurements-<tag>.json``.
+    because it diverged, is missing). Measurements are cached in ``measurements-<tag>.json``;
+    the checkpoint at each measured epoch is kept (``checkpoint-epoch<E>.pt``), so experiments
+    that share a run each measure it at their own epochs without retraining it.
     """
     cache = path / f"measurements-{tag}.json"
     done: dict[int, dict] = {}
@@ -430,9 +453,11 @@ def measured_run(
         if epoch == 0:
             model = initial_model(cfg, data)
         else:
-            summary = train_to(cfg, path, data, epoch, progress)
-            if summary["status"] != "completed":
-                break
+            if not snapshot_path(path, epoch).exists():
+                summary = train_to(cfg, path, data, epoch, progress)
+                if summary["status"] != "completed":
+                    break
+                keep_snapshot(path, epoch)
             model = checkpoint_model(cfg, path, data, epoch)
         done[epoch] = measure(model)
         write_json(cache, {str(e): m for e, m in sorted(done.items())})
