@@ -1400,6 +1400,12 @@ def run_bias(
         "The theory column is that exact value: any k orthonormal directions give "
         "‖V_kV_kᵀ − I‖_F = sqrt(d − k), for W̃⊥ and W̃⊥-bottom alike.",
         "W̃⊥ and W̃⊥-bottom train and are measured with the exact SVD solver.",
+        "W̃⊥-bottom takes the k smallest of the reduced SVD's min(d_{i+2}, d_{i+1}) singular "
+        "values, which the paper notes are all 0: with ReLU masks they are whenever an example "
+        "has at most d − k active units, and the solver then takes unit vectors on inactive "
+        "units (an exact basis of that zero-singular-value subspace). Its hidden-layer guesses "
+        "are then orthogonal to the true gradient: their updates carry no information about "
+        "the loss, and only the output layer learns anything.",
         *COMMON_NOTES,
         *_status_notes(records),
     ]
