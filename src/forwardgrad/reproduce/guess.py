@@ -834,6 +834,7 @@ MLP_BUDGETS: dict[str, dict[str, Any]] = {
         "batch_size": 512,
         "lr": 1e-4,
         "seeds": 1,
+        "jobs": 2,  # runs in parallel processes (independent and seeded: same numbers)
     },
     "smoke": {
         "datasets": ["digits"],
@@ -857,7 +858,12 @@ def run_guess_mlp(
             base = _budget_config(b, 0, dataset=dataset, layers=layers, width=width)
             run_dir = out_dir / "runs" / dataset / f"L{layers}-W{width}"
             table = compare(
-                base, list(MLP_METHODS), len(seed_list), run_dir, jobs=1, progress=progress
+                base,
+                list(MLP_METHODS),
+                len(seed_list),
+                run_dir,
+                jobs=b.get("jobs", 1),
+                progress=progress,
             )
             for row in table:
                 cells.append({"dataset": dataset, "layers": layers, "width": width, **row})
