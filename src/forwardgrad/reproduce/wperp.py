@@ -15,11 +15,11 @@ cached beside the run (``measurements-*.json``).
 
 Exact SVD is the reference W̃⊥ solver. It is replaced by the randomized top-k solver where it
 cannot run in reasonable time on a CPU: above width 128 everywhere (hours per run at width 256,
-more than a day at width 512 on a 2-core CPU), and above width 64 in the many-run Tables 1 and 3
-(at width 128 an exact step takes ~0.65 s on 2 cores, ~25 min per 300-epoch run, which is ~4 h
-of exact runs for Table 1 and as much again for Table 3). W̃⊥ with k = rank(W̃) stays exact at
-every width: for a square full-rank W the row space of W diag(m) is the active units'
-coordinates, so it needs no eigendecomposition. Each README says which solver ran where.
+about 9 h at width 512 on one thread, from ``wperp-cost``'s timed epoch), and above width 64 in the
+many-run Tables 1 and 3 (at width 128 an exact step takes ~0.65 s on 2 cores, ~25 min per 300-epoch
+run, which is ~4 h of exact runs for Table 1 and as much again for Table 3). W̃⊥ with k = rank(W̃)
+stays exact at every width: for a square full-rank W the row space of W diag(m) is the active
+units' coordinates, so it needs no eigendecomposition. Each README says which solver ran where.
 """
 
 from __future__ import annotations
@@ -1037,7 +1037,8 @@ def run_width(
         departures = (
             f"the paper's settings, except that W̃⊥ at width {' and '.join(map(str, randomized))} "
             "uses the randomized top-k solver instead of exact SVD, which would take hours "
-            "(width 256) to more than a day (width 512) per run on a 2-core CPU."
+            "(width 256) to about 9 h (width 512, wperp-cost's timed epoch) per run on one "
+            "thread of a 2-core CPU."
         )
     notes = [
         f"W̃⊥ (k = 10) uses exact SVD at widths ≤ {budget.svd_max_width} and the randomized "
@@ -1218,8 +1219,13 @@ def run_cost(
         departures = (
             f"the paper's settings, except at width {' and '.join(map(str, large))}: exact SVD and "
             f"Newton-Schulz W̃⊥ are timed on {count(budget.timing_epochs, 'epoch')} (one seed) "
-            f"and their {epochs}-epoch time extrapolated (a full run of either would take days "
-            "on a 2-core CPU); W̃⊥'s accuracy there comes from the randomized top-k solver, and "
+            f"and their {epochs}-epoch time extrapolated (a full run would take "
+            + "; ".join(
+                f"{m.label} {minutes[(m.spec, w)] / 60:.0f} h at width {w}"
+                for w in large
+                for m in cost_plan(budget, w)[1]
+            )
+            + " here); W̃⊥'s accuracy there comes from the randomized top-k solver, and "
             "W̃⊥-NS's accuracy is not measured."
         )
     notes = [
@@ -1731,7 +1737,8 @@ def run_overlap(
         departures = (
             f"the paper's settings, except that the W̃⊥ (k = 10) run at width "
             f"{' and '.join(map(str, randomized))} trains with the randomized top-k solver (exact "
-            "SVD: more than a day per run on a 2-core CPU); the overlaps themselves are exact."
+            "SVD: about 9 h per run on one thread, from wperp-cost's timed epoch); the overlaps "
+            "themselves are exact."
         )
     notes = [
         "The overlaps are measured on a W̃⊥ (k = 10) training run (the paper's method; it does "
