@@ -216,3 +216,47 @@ def test_wperp_full_rank_keeps_only_nonzero_directions():
     est = Estimator(model, "wperp", rank=None, solver="svd")
     _, g_sites, _ = est.estimate_activity(x.double(), y)
     assert all(torch.isfinite(g).all() for g in g_sites)
+
+
+@pytest.mark.parametrize("guess", ["activation", "wt", "self-sharpening"])
+def test_site_jvp_scales_each_site_by_its_own_directional_derivative(guess):
+    """jvp='site': each site's estimate is (g_i . u_i) u_i with that site's own true gradient,
+    where the global forward gradient would scale every u_i by sum_j g_j . u_j."""
+    model = small_model()
+    x, y = batch(6, 4, 5)
+    x = x.double()
+    true = activity_gradients(model, x, y, ce)
+    est = Estimator(model, guess, tangents=1, jvp="site", seed=3)
+    drawn: dict[int, torch.Tensor] = {}
+    site_tangents = est.guess.site_tangents
+
+    def record(ctx, k, generator):
+        drawn[ctx.index] = site_tangents(ctx, k, generator)[0]
+        return drawn[ctx.index].unsqueeze(0)
+
+    est.guess.site_tangents = record
+    _, estimates, _ = est.estimate_activity(x, y)
+    assert sorted(drawn) == list(range(len(true)))
+    for i, (g_hat, g) in enumerate(zip(estimates, true)):
+        u = drawn[i]
+        expected = (g * u).sum(-1, keepdim=True) * u
+        assert torch.allclose(g_hat, expected, rtol=1e-9, atol=1e-12), i
+    # The global JVP differs: every site shares sum_j g_j . u_j.
+    est.jvp_scope = "global"
+    _, global_estimates, _ = est.estimate_activity(x, y)
+    shared = sum((g * drawn[i]).sum(-1, keepdim=True) for i, g in enumerate(true))
+    assert torch.allclose(global_estimates[0], shared * drawn[0], rtol=1e-9, atol=1e-12)
+
+
+def test_site_jvp_rejects_what_it_cannot_do():
+    model = small_model()
+    for kwargs, message in (
+        ({"guess": "weight"}, "not an activity-space guess"),
+        ({"guess": "activation", "aggregate": "projection", "tangents": 2}, "projection"),
+        ({"guess": "activation", "low_memory": True}, "low_memory"),
+        ({"guess": "activation", "sampler": "orthonormal", "tangents": 2}, "couples"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Estimator(model, jvp="site", **kwargs)
+    with pytest.raises(ValueError, match="unknown jvp scope 'layer'"):
+        Estimator(model, "activation", jvp="layer")

@@ -21,6 +21,7 @@ _FLAG_HELP = {
     "tangents": "tangents per step (k)",
     "aggregate": "sum | mean | projection",
     "scope": "projection scope: global | site",
+    "jvp": "global (one JVP along all sites' tangents) | site (each site scaled by its own)",
     "chunk_size": "push at most this many tangents at once",
     "low_memory": "activity guesses: regenerate tangents in a second pass (true/false)",
     "rank": "wperp: kept singular directions k, or 'full'",

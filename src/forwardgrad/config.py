@@ -34,6 +34,7 @@ class TrainConfig:
     tangents: int = 1
     aggregate: str = "mean"
     scope: str = "global"
+    jvp: str = "global"  # directional derivative: global | site (one per site, one pass each)
     chunk_size: int | None = None
     low_memory: bool = False  # activity guesses: two passes, memory flat in depth
     rank: int | None = 10  # None (TOML/CLI: "full") = numerical rank

@@ -32,6 +32,7 @@ from .jvp import LossFn, SiteContext, forward_jvp
 from .sites import find_sites
 
 SCOPES = ("global", "site")
+JVP_SCOPES = ("global", "site")
 
 
 def cross_entropy_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -83,6 +84,9 @@ class Estimator:
         aggregate: ``sum``, ``mean`` or ``projection``.
         scope: ``global`` (aggregate over all sites at once) or ``site`` (each site on its own,
             with the global JVPs).
+        jvp: ``global`` (one directional derivative along all sites' tangents at once, the
+            forward gradient) or ``site`` (each site's tangents scaled by their own directional
+            derivative ``g_i . u_i``: one pass per site, activity guesses with sum or mean only).
         loss_fn: per-example loss ``(outputs, targets) -> (B,)``; cross-entropy by default.
         seed: seed of the tangent generator.
         chunk_size: push at most this many tangents through the network at once, bounding
@@ -107,6 +111,7 @@ class Estimator:
         tangents: int = 1,
         aggregate: str = "mean",
         scope: str = "global",
+        jvp: str = "global",
         loss_fn: LossFn | None = None,
         seed: int = 0,
         chunk_size: int | None = None,
@@ -125,6 +130,8 @@ class Estimator:
             )
         if scope not in SCOPES:
             raise ValueError(f"unknown projection scope {scope!r}; choose one of {list(SCOPES)}")
+        if jvp not in JVP_SCOPES:
+            raise ValueError(f"unknown jvp scope {jvp!r}; choose one of {list(JVP_SCOPES)}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size}")
         self.model = model
@@ -140,6 +147,9 @@ class Estimator:
         self.low_memory = bool(low_memory)
         if self.low_memory:
             self._check_low_memory()
+        self.jvp_scope = jvp
+        if jvp == "site":
+            self._check_site_jvp()
         device = self.plan.sites[0].weight.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -224,6 +234,22 @@ class Estimator:
             )
         if problem:
             raise ValueError(f"low_memory needs tangents drawn site by site: {problem}")
+
+    def _check_site_jvp(self) -> None:
+        problem = None
+        if self.guess.space != "activity":
+            problem = f"guess {self.guess_name!r} is not an activity-space guess"
+        elif self.aggregation == "projection":
+            problem = "projection needs every tangent's global JVP; use sum or mean"
+        elif self.low_memory:
+            problem = "low_memory does not combine with it"
+        elif getattr(self.guess, "draws_per_site", True) is False:
+            problem = (
+                f"sampler {self.guess.options.sampler!r} with normalize="
+                f"{self.guess.options.normalize} couples the tangents of all sites"
+            )
+        if problem:
+            raise ValueError(f"jvp='site' (one pass per site): {problem}")
 
     def _projection_coefficients(self, grams: list[Tensor], d: Tensor) -> list[Tensor]:
         """Per-site coefficients ``c (k, B)`` of the projection ``g_i = sum_j c_j u_ij``.
@@ -339,6 +365,10 @@ class Estimator:
         sums: list[Tensor] | None = None  # sum and mean: running sum_j d_j u_j per site
         for k in self._chunks():
             begin, draw = self._site_draws(k)
+            if self.jvp_scope == "site":
+                part, inputs, loss = self._site_jvp_estimates(x, targets, loss_fn, k, begin, draw)
+                sums = part if sums is None else [t.add_(p) for t, p in zip(sums, part)]
+                continue
             begin(x.shape[0])
             res = forward_jvp(self.plan, x, targets, loss_fn, k, site_tangents=draw)
             inputs, loss = res.inputs, res.losses.mean()
@@ -361,6 +391,22 @@ class Estimator:
             per_site = [torch.cat([t[i] for t in site_tangents], 0) for i in range(len(self.plan))]
         coefs = self._projection_coefficients([tangent_gram(u, None) for u in per_site], d)
         return loss, [aggregate_sum(u, c) for u, c in zip(per_site, coefs)], inputs
+
+    def _site_jvp_estimates(self, x, targets, loss_fn, k, begin, draw):
+        """``sum_j (g_i . u_ij) u_ij`` per site, each from a pass with tangents at site i only
+        (the same tangents as a global pass would draw: each site re-seeds its own draw)."""
+        part = []
+        for i in range(len(self.plan)):
+            begin(x.shape[0])
+
+            def only_here(ctx: SiteContext, i: int = i) -> Tensor | None:
+                return draw(ctx) if ctx.index == i else None
+
+            res = forward_jvp(self.plan, x, targets, loss_fn, k, site_tangents=only_here)
+            u = res.tangents[i]
+            assert u is not None
+            part.append(aggregate_sum(u, res.jvps))
+        return part, res.inputs, res.losses.mean()
 
     def _activity_space(
         self, x: Tensor, targets: Tensor, loss_fn: LossFn, sink: LayerSink

@@ -63,6 +63,7 @@ def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
         tangents=cfg.tangents,
         aggregate=cfg.aggregate,
         scope=cfg.scope,
+        jvp=cfg.jvp,
         seed=cfg.seed,
         chunk_size=cfg.chunk_size,
         low_memory=cfg.low_memory,

@@ -77,6 +77,7 @@ METHOD_NAMES = {
     "downstream:layers=3": "3-layer downstream",
     "self-sharpening": "Self-sharpening",
     "self-sharpening:optimizer=stable-adamw": "Self-sharpening",
+    "self-sharpening:optimizer=stable-adamw:jvp=site": "Self-sharpening (per-layer JVP)",
     "cosine-matched": "Directional descent, cosine-matched",
 }
 
@@ -795,6 +796,9 @@ MLP_METHODS = (
     "wt",
     "downstream",
     "self-sharpening:optimizer=stable-adamw",
+    # Each layer's guess scaled by its own JVP: the one way we found that self-sharpening trains
+    # (with one global JVP the true-error last site drives every hidden layer the same way).
+    "self-sharpening:optimizer=stable-adamw:jvp=site",
     "backprop",
 )
 _TABLE2_KEYS = ("weight", "activation", "mixing", "wt", "downstream", "self-sharpening", "backprop")
