@@ -907,6 +907,10 @@ def run_guess_mlp(
         + "CIFAR-10/100 and SVHN are not available offline.",
         "Self-sharpening is trained with StableAdamW, as the paper's A.2 says for it; every other "
         "method with AdamW (lr 1e-4, weight decay 0.01, batch 512).",
+        "Self-sharpening is listed twice: with the forward gradient's one JVP for the whole "
+        "network, and with jvp='site', each layer's guess scaled by its own JVP. The paper does "
+        "not say which it used; with one JVP the true-error output layer's positive term drives "
+        "every hidden layer along the mean of its U[0,1) tangents.",
     ]
     notes += _table2_claims(cells, b["datasets"])
     minutes = [c["minutes_per_run"] for c in cells if math.isfinite(c["minutes_per_run"])]
