@@ -220,34 +220,31 @@ class Estimator:
                 f"expects (batch, {first.in_features})"
             )
 
-    def _check_low_memory(self) -> None:
-        problem = None
+    def _site_by_site_problem(self) -> str | None:
+        """Why this guess's tangents cannot be drawn one site at a time, or None."""
         if self.guess.space != "activity":
-            problem = f"guess {self.guess_name!r} is not an activity-space guess"
-        elif self.chunk_size is not None:
-            problem = "chunk_size and low_memory do not combine (each bounds memory its own way)"
-        elif getattr(self.guess, "draws_per_site", True) is False:
-            problem = (
+            return f"guess {self.guess_name!r} is not an activity-space guess"
+        if getattr(self.guess, "draws_per_site", True) is False:
+            return (
                 f"sampler {self.guess.options.sampler!r} with normalize="
                 f"{self.guess.options.normalize} couples the tangents of all sites, so they "
                 "cannot be drawn site by site; use sampler normal or rademacher, unnormalised"
             )
+        return None
+
+    def _check_low_memory(self) -> None:
+        problem = self._site_by_site_problem()
+        if problem is None and self.chunk_size is not None:
+            problem = "chunk_size and low_memory do not combine (each bounds memory its own way)"
         if problem:
             raise ValueError(f"low_memory needs tangents drawn site by site: {problem}")
 
     def _check_site_jvp(self) -> None:
-        problem = None
-        if self.guess.space != "activity":
-            problem = f"guess {self.guess_name!r} is not an activity-space guess"
-        elif self.aggregation == "projection":
+        problem = self._site_by_site_problem()
+        if problem is None and self.aggregation == "projection":
             problem = "projection needs every tangent's global JVP; use sum or mean"
-        elif self.low_memory:
+        if problem is None and self.low_memory:
             problem = "low_memory does not combine with it"
-        elif getattr(self.guess, "draws_per_site", True) is False:
-            problem = (
-                f"sampler {self.guess.options.sampler!r} with normalize="
-                f"{self.guess.options.normalize} couples the tangents of all sites"
-            )
         if problem:
             raise ValueError(f"jvp='site' (one pass per site): {problem}")
 

@@ -52,12 +52,17 @@ def exact_subspace(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return basis, svals
 
 
+def _selected_first(units: Tensor, count: int) -> Tensor:
+    """Indices ``(B, count)`` of each example's selected units (``units`` (B, d) bool) first,
+    then the others, each in their original order."""
+    return torch.argsort((~units).to(torch.uint8), dim=-1, stable=True)[:, :count]
+
+
 def active_units(mask: Tensor) -> Tensor:
     """Indices ``(B, a)`` of each example's active units (``m_b != 0``) first, padded with
     inactive ones to the batch's largest active count ``a``."""
     active = mask != 0
-    a = max(int(active.sum(-1).max()), 1)
-    return torch.argsort((~active).to(torch.uint8), dim=-1, stable=True)[:, :a]
+    return _selected_first(active, max(int(active.sum(-1).max()), 1))
 
 
 def compact_masked_jacobian(weight: Tensor, mask: Tensor, idx: Tensor) -> Tensor:
@@ -107,7 +112,7 @@ def _unit_basis(units: Tensor, r: int, dtype: torch.dtype) -> tuple[Tensor, Tens
     ``(B, d1, r)`` and keep weights ``(B, r)``, 1 for as many columns as the example has
     selected units and 0 (a zero column) after."""
     b, d1 = units.shape
-    idx = torch.argsort((~units).to(torch.uint8), dim=-1, stable=True)[:, :r]  # selected first
+    idx = _selected_first(units, r)
     basis = torch.zeros(b, d1, r, dtype=dtype, device=units.device)
     basis.scatter_(1, idx.unsqueeze(1), 1.0)
     keep = torch.arange(r, device=units.device) < units.sum(-1, keepdim=True)
