@@ -147,20 +147,19 @@ class WPerp(Guess):
         eps = _next_layer_noise(ctx, w, k, generator)
         d1 = w.shape[1]
         idx = active_units(mask)
-        if idx.shape[1] > 0.8 * d1:
-            jac = masked_jacobian(w, mask)
-            poly = newton_schulz.matrix_polynomial(
-                jac / norm.view(-1, 1, 1), coeffs, newton_schulz.DEFAULT_ITERATIONS
-            )
-            return torch.einsum("kbe,bed->kbd", eps, poly)
-        # Inactive units are zero columns of W~, which the odd polynomial keeps at zero: iterate
-        # on the active columns only, (a / d1)^2 of the work with its Gram on the narrow side.
-        jac = compact_masked_jacobian(w, mask, idx)
+        # Inactive units are zero columns of W~, which the odd polynomial keeps at zero: where
+        # they are many, iterate on the active columns only ((a / d1)^2 of the work, the Gram
+        # on the narrow side) and scatter the result back.
+        compact = idx.shape[1] <= 0.8 * d1
+        jac = compact_masked_jacobian(w, mask, idx) if compact else masked_jacobian(w, mask)
         poly = newton_schulz.matrix_polynomial(
             jac / norm.view(-1, 1, 1), coeffs, newton_schulz.DEFAULT_ITERATIONS
         )
-        u = torch.zeros(k, mask.shape[0], d1, dtype=w.dtype, device=w.device)
-        return u.scatter_(2, idx.expand(k, -1, -1), torch.einsum("kbe,bea->kba", eps, poly))
+        u = torch.einsum("kbe,bea->kba", eps, poly)
+        if not compact:
+            return u
+        full = torch.zeros(k, mask.shape[0], d1, dtype=w.dtype, device=w.device)
+        return full.scatter_(2, idx.expand(k, -1, -1), u)
 
     def state_dict(self) -> dict:
         return {"calls": dict(self._calls), "sigma_ratio": dict(self._sigma_ratio)}
