@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from forwardgrad.aggregate import DependentTangentsWarning, aggregate
+from forwardgrad.core.aggregate import DependentTangentsWarning, aggregate
 
 
 def _setup(k, n, batch=(), seed=0):

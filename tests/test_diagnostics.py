@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import batch
 
-from forwardgrad import Estimator, find_sites, mlp
+from forwardgrad import Estimator, chain_plan, mlp
 from forwardgrad.cli import main
 from forwardgrad.config import ConfigError, TrainConfig
 from forwardgrad.data import Dataset, load_dataset
@@ -29,7 +29,7 @@ from forwardgrad.diagnostics import (
     weight_effective_ranks,
     weight_gradients,
 )
-from forwardgrad.estimator import cross_entropy_per_example as ce
+from forwardgrad.estimation import cross_entropy_per_example as ce
 from forwardgrad.guesses.subspace import masked_jacobian
 from forwardgrad.io import read_jsonl
 from forwardgrad.train import train
@@ -58,7 +58,7 @@ def preactivations(model, x) -> list[torch.Tensor]:
     """s_i at every site, by an explicit forward pass."""
     out, h = [], x
     with torch.no_grad():
-        for site in find_sites(model).sites:
+        for site in chain_plan(model).sites:
             s = site.module(h)
             out.append(s)
             h = torch.relu(s)
@@ -67,7 +67,7 @@ def preactivations(model, x) -> list[torch.Tensor]:
 
 def upstream_jacobians(model, x) -> list[torch.Tensor]:
     """W~_b = W_{i+1} diag(s_i > 0) for every site with a next layer: (B, d_{i+2}, d_{i+1})."""
-    sites = find_sites(model).sites
+    sites = chain_plan(model).sites
     s = preactivations(model, x)
     return [
         masked_jacobian(sites[i + 1].weight.detach(), (s[i] > 0).double())
@@ -96,16 +96,16 @@ def test_backprop_agrees_exactly_with_the_oracle():
 def test_gradient_agreement_formulas():
     model = small_model()
     x, y = double_batch(5)
-    plan = find_sites(model)
-    _, true = weight_gradients(model, x, y, ce, plan)
-    flipped = gradient_agreement(plan, {p: -2 * g for p, g in true.items()}, true)
+    plan = chain_plan(model)
+    _, true = weight_gradients(model, x, y, ce)
+    flipped = gradient_agreement(model, {p: -2 * g for p, g in true.items()}, true)
     assert flipped["cosine"] == pytest.approx(-1) and flipped["rel_norm"] == pytest.approx(2)
     # Scale only the first layer by 3: that layer stays aligned, the global vector does not.
     first = {plan.sites[0].module.weight, plan.sites[0].module.bias}
     est = {p: 3 * g if p in first else g for p, g in true.items()}
     a = sum(float(g.double().pow(2).sum()) for p, g in true.items() if p in first)
     rest = sum(float(g.double().pow(2).sum()) for p, g in true.items() if p not in first)
-    result = gradient_agreement(plan, est, true)
+    result = gradient_agreement(model, est, true)
     assert result["cosine"] == pytest.approx(
         (3 * a + rest) / math.sqrt((9 * a + rest) * (a + rest))
     )
@@ -114,7 +114,7 @@ def test_gradient_agreement_formulas():
     assert result["layers"][0]["rel_norm"] == pytest.approx(3)
     assert result["layers"][1]["rel_norm"] == pytest.approx(1)
     with pytest.raises(ValueError, match="different parameters"):
-        gradient_agreement(plan, {plan.sites[0].module.weight: true[plan.sites[0].weight]}, true)
+        gradient_agreement(model, {plan.sites[0].module.weight: true[plan.sites[0].weight]}, true)
 
 
 # ------------------------------------------------------------------------ bias and variance
@@ -284,7 +284,7 @@ def test_effective_rank_of_known_matrices():
     with pytest.raises(ValueError, match="one matrix"):
         effective_rank(torch.ones(4))
     model = small_model()
-    for row, site in zip(weight_effective_ranks(model), find_sites(model).sites):
+    for row, site in zip(weight_effective_ranks(model), chain_plan(model).sites):
         assert row["effective_rank"] == pytest.approx(effective_rank(site.weight.detach()))
         assert 1 <= row["effective_rank"] <= min(row["shape"]) and row["rank"] == min(row["shape"])
 
@@ -295,7 +295,7 @@ def test_effective_rank_of_known_matrices():
 def test_jacobian_spectra_match_explicit_products():
     model = small_model()
     x, _ = double_batch(5)
-    sites = find_sites(model).sites
+    sites = chain_plan(model).sites
     s = preactivations(model, x)
     masks = [(si > 0).double() for si in s]
     w = [site.weight.detach() for site in sites]

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import batch
 
-from forwardgrad import Estimator, find_sites, mlp
+from forwardgrad import Estimator, chain_plan, mlp
+from forwardgrad.core.chain import forward_jvp
 from forwardgrad.diagnostics import activity_gradients
-from forwardgrad.estimator import cross_entropy_per_example as ce
+from forwardgrad.estimation import cross_entropy_per_example as ce
 from forwardgrad.guesses.subspace import masked_jacobian
-from forwardgrad.jvp import forward_jvp
 
 Z_MAX = 5.0
 
@@ -111,14 +111,14 @@ def test_weight_perturbation_unbiased():
     model = small_model()
     x, y = batch(6, 4, 5)
     x = x.double()
-    plan = find_sites(model)
+    plan = chain_plan(model)
     loss = ce(model(x), y).mean()
     true = torch.cat(
         [g.flatten() for g in torch.autograd.grad(loss, [p for _, p in plan.parameters()])]
     )
     est = Estimator(model, "weight")
     draws = 20000
-    v = est.guess.weight_tangents(plan, draws, est.generator)
+    v = est.guess.weight_tangents(plan.parameters(), draws, est.generator)
     with torch.no_grad():
         res = forward_jvp(plan, x, y, ce, draws, weight_tangents=v)
     flat = torch.cat([v[n].flatten(1) for n, _ in plan.parameters()], 1)  # (draws, N)
@@ -147,7 +147,7 @@ def test_wt_matches_its_bias_formula():
     model = small_model()
     x, y = batch(6, 4, 5)
     x = x.double()
-    plan = find_sites(model)
+    plan = chain_plan(model)
     true = activity_gradients(model, x, y, ce)
     samples = mc_activity(Estimator(model, "wt"), x, y, 20000)
     for i, site in enumerate(plan.sites[:-1]):
@@ -161,7 +161,7 @@ def test_wt_matches_its_bias_formula():
 
 
 def _site_input(model, x, i):
-    plan = find_sites(model)
+    plan = chain_plan(model)
     h = x
     for site in plan.sites[:i]:
         h = site.module(h)
@@ -171,7 +171,7 @@ def _site_input(model, x, i):
 
 
 def _wperp_expected_projector(model, x, i, k):
-    plan = find_sites(model)
+    plan = chain_plan(model)
     s = plan.sites[i].module(_site_input(model, x, i)).detach()
     jac = masked_jacobian(plan.sites[i + 1].weight.detach(), (s > 0).double())
     _, _, vh = torch.linalg.svd(jac, full_matrices=False)
@@ -241,8 +241,10 @@ def test_site_jvp_scales_each_site_by_its_own_directional_derivative(guess):
         u = drawn[i]
         expected = (g * u).sum(-1, keepdim=True) * u
         assert torch.allclose(g_hat, expected, rtol=1e-9, atol=1e-12), i
-    # The global JVP differs: every site shares sum_j g_j . u_j.
-    est.jvp_scope = "global"
+    # The global JVP differs: every site shares sum_j g_j . u_j (same seed, same tangents).
+    est = Estimator(model, guess, tangents=1, jvp="global", seed=3)
+    site_tangents = est.guess.site_tangents
+    est.guess.site_tangents = record
     _, global_estimates, _ = est.estimate_activity(x, y)
     shared = sum((g * drawn[i]).sum(-1, keepdim=True) for i, g in enumerate(true))
     assert torch.allclose(global_estimates[0], shared * drawn[0], rtol=1e-9, atol=1e-12)
@@ -258,5 +260,5 @@ def test_site_jvp_rejects_what_it_cannot_do():
     ):
         with pytest.raises(ValueError, match=message):
             Estimator(model, jvp="site", **kwargs)
-    with pytest.raises(ValueError, match="unknown jvp scope 'layer'"):
+    with pytest.raises(ValueError, match="unknown jvp mode 'layer'"):
         Estimator(model, "activation", jvp="layer")

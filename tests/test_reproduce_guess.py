@@ -8,16 +8,15 @@ from conftest import batch
 from torch import nn
 
 from forwardgrad.config import TrainConfig
+from forwardgrad.core.chain import chain_plan, forward_jvp
 from forwardgrad.data import load_dataset
 from forwardgrad.diagnostics import effective_rank, weight_gradients
-from forwardgrad.estimator import Estimator
+from forwardgrad.estimation import Estimator
 from forwardgrad.guesses.jacobian import WTranspose
 from forwardgrad.io import read_jsonl
-from forwardgrad.jvp import forward_jvp
 from forwardgrad.models import mlp
 from forwardgrad.reproduce import guess as g
 from forwardgrad.reproduce.multitangent import projection_cosine
-from forwardgrad.sites import find_sites
 from forwardgrad.train import train
 
 
@@ -134,7 +133,7 @@ def test_powered_wt_with_power_one_draws_the_wt_tangents():
     torch.manual_seed(0)
     model = mlp(6, 4, depth=2, width=5)
     x, y = batch(6, 4, 7)
-    plan = find_sites(model)
+    plan = chain_plan(model)
     tangents = {}
     for name, guess in (("wt", WTranspose()), ("power", g.PoweredWTranspose(1.0))):
         gen = torch.Generator().manual_seed(11)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from forwardgrad.samplers import SAMPLERS, sample_tangents
+from forwardgrad.core.samplers import SAMPLERS, sample_tangents
 
 
 def gen(seed=0):

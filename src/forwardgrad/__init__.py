@@ -1,27 +1,31 @@
 """forwardgrad: train neural networks without backpropagation, from forward-mode JVPs alone."""
 
-from .aggregate import AGGREGATIONS, aggregate
-from .estimator import Estimator, cross_entropy_per_example
-from .guesses import GUESSES, GuessOptions, make_guess
-from .jvp import forward_jvp
+from .core.aggregate import AGGREGATIONS, aggregate
+from .core.chain import chain_plan, forward_jvp
+from .core.samplers import SAMPLERS, sample_tangents
+from .core.sites import ModelNotSupportedError, select_sites
+from .core.trace import BatchCouplingError
+from .estimation import Estimator, cross_entropy_per_example
+from .guesses import GUESSES, Guess, GuessOptions, make_guess
 from .models import mlp
-from .samplers import SAMPLERS, sample_tangents
-from .sites import ModelNotSupportedError, find_sites
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AGGREGATIONS",
+    "BatchCouplingError",
     "Estimator",
     "GUESSES",
+    "Guess",
     "GuessOptions",
     "ModelNotSupportedError",
     "SAMPLERS",
     "aggregate",
+    "chain_plan",
     "cross_entropy_per_example",
-    "find_sites",
     "forward_jvp",
     "make_guess",
     "mlp",
     "sample_tangents",
+    "select_sites",
 ]

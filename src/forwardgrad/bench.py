@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .estimator import Estimator, cross_entropy_per_example
+from .estimation import Estimator, cross_entropy_per_example
 from .io import write_json, write_text
 from .models import mlp
 

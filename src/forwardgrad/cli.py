@@ -111,11 +111,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .aggregate import AGGREGATIONS
+    from .core.aggregate import AGGREGATIONS
+    from .core.samplers import SAMPLERS
     from .data import DATASETS
     from .guesses import GUESSES
     from .optim import OPTIMIZERS
-    from .samplers import SAMPLERS
 
     def section(title: str, items: dict[str, str]) -> None:
         print(f"{title}:")

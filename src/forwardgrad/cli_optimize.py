@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .core.samplers import SAMPLERS
 from .functions import FUNCTIONS
 from .io import write_json, write_text
 from .optimize import (
@@ -24,7 +25,6 @@ from .optimize import (
     optimize,
     sweep,
 )
-from .samplers import SAMPLERS
 
 
 def _parse_number(flag: str, text: str, kind: type) -> int | float:

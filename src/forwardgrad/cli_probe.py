@@ -162,7 +162,7 @@ def _guess_configs(cfg: TrainConfig, specs_arg: str | None) -> list[tuple[str, T
 def cmd_probe(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .diagnostics import ESTIMATOR_EXTRAS, MODEL_EXTRAS, probe, probe_model
-    from .estimator import cross_entropy_per_example
+    from .estimation import cross_entropy_per_example
     from .train import build_estimator, build_model, probe_batch
 
     for name in ("draws", "covariance_draws", "examples", "overlap_k"):

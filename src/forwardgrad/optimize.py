@@ -46,9 +46,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .aggregate import AGGREGATIONS, DependentTangentsWarning, aggregate
+from .core.aggregate import AGGREGATIONS, DependentTangentsWarning, aggregate
+from .core.samplers import SAMPLERS, sample_tangents
 from .functions import FunctionSpec, get_function
-from .samplers import SAMPLERS, sample_tangents
 
 ValueFn = Callable[[Tensor], Tensor]
 """A test function: points ``(*batch, n)`` -> values ``(*batch,)``."""

@@ -24,7 +24,7 @@ from . import __version__
 from .config import ConfigError, TrainConfig, config_from_mapping
 from .data import Dataset, load_dataset
 from .diagnostics import probe
-from .estimator import Estimator, cross_entropy_per_example
+from .estimation import Estimator, cross_entropy_per_example
 from .io import read_jsonl, save_torch, write_json, write_jsonl
 from .models import mlp
 from .optim import make_optimizer

@@ -1,9 +1,13 @@
 """The interface every guess implements.
 
-A guess is only the distribution of the tangents. Activity-space guesses return, at each site,
-``k`` tangents per example ``(k, B, d_out)`` given what the primal pass has computed there
-(:class:`~forwardgrad.jvp.SiteContext`); weight-space guesses return one tangent per parameter
-tensor ``(k, *shape)`` shared by the batch. Guesses never run the engine and never aggregate.
+A guess is only the distribution of the tangents. Activity-space guesses return, at each site
+call, ``k`` tangents per example ``(k, *activity_shape)`` given what the primal pass has computed
+there (:class:`~forwardgrad.core.context.SiteContext`); weight-space guesses return one tangent
+per parameter tensor ``(k, *shape)`` shared by the batch. Guesses never run the engine and never
+aggregate.
+
+``layout`` (in :meth:`Guess.begin_step`) is the pass's sequence of site calls: ``len(layout)``
+and ``layout.widths`` (activity size per example of each call).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..jvp import SiteContext
-from ..samplers import SAMPLERS, sample_tangents
-from ..sites import SitePlan
+from ..core.context import SiteContext
+from ..core.samplers import SAMPLERS, sample_tangents
+from ..core.sites import ModelNotSupportedError
 
 
 @dataclass
@@ -55,22 +59,32 @@ class Guess:
                 "normalize apply only to isotropic guesses (weight, activation, activation-masked)"
             )
 
-    def bind(self, plan: SitePlan) -> None:
-        """Check that the model has what this guess needs; raise a clear error otherwise."""
-        if self.needs_next_layer:
-            plan.require_next_layer(self.name)
+    def bind(self, estimator) -> None:
+        """Check that the model has what this guess needs; raise a clear error otherwise.
 
-    def begin_step(
-        self, plan: SitePlan, batch_size: int, k: int, generator: torch.Generator
-    ) -> None:
+        ``estimator.plan`` is the model's chain of Linear sites (None when the model is not a
+        plain chain, with the reason in ``estimator.chain_reason``)."""
+        if self.needs_next_layer:
+            if estimator.plan is None:
+                raise ModelNotSupportedError(
+                    f"guess {self.name!r} is built from the next layer's Jacobian and needs a "
+                    "plain nn.Sequential of nn.Linear layers and elementwise activations (no "
+                    f"hooks, parametrizations or shared layers); here {estimator.chain_reason}. "
+                    "The isotropic guesses (weight, activation, activation-masked) work on any "
+                    "model"
+                )
+            estimator.plan.require_next_layer(self.name)
+
+    def begin_step(self, layout, batch_size: int, k: int, generator: torch.Generator) -> None:
         """Called once per engine pass, before any site (isotropic guesses draw here)."""
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor | None:
         raise NotImplementedError
 
     def weight_tangents(
-        self, plan: SitePlan, k: int, generator: torch.Generator
+        self, params: list[tuple[str, Tensor]], k: int, generator: torch.Generator
     ) -> dict[str, Tensor]:
+        """Tangents ``(k, *p.shape)`` for every ``(name, p)`` of the trainable parameters."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -104,9 +118,7 @@ class IsotropicActivityGuess(Guess):
         spec = SAMPLERS.get(self.options.sampler)  # unknown names fail in sample_tangents
         return spec is not None and spec.elementwise and not self.options.normalize
 
-    def begin_step(
-        self, plan: SitePlan, batch_size: int, k: int, generator: torch.Generator
-    ) -> None:
+    def begin_step(self, layout, batch_size: int, k: int, generator: torch.Generator) -> None:
         self._block = None
         if self.draws_per_site:
             return
@@ -115,20 +127,22 @@ class IsotropicActivityGuess(Guess):
             o.sampler,
             k,
             (batch_size,),
-            sum(plan.widths),
+            sum(layout.widths),
             generator,
             normalize=o.normalize,
             angle=o.angle,
             max_length=o.max_length,
         )
         self._offsets = [0]
-        for w in plan.widths:
+        for w in layout.widths:
             self._offsets.append(self._offsets[-1] + w)
 
     def _slice(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        shape = ctx.preact.shape
         if self._block is None:
-            shape = (ctx.batch_size,)
-            u = sample_tangents(self.options.sampler, k, shape, ctx.preact.shape[-1], generator)
-            return u.to(ctx.preact.dtype)
+            n = shape[1:].numel()
+            u = sample_tangents(self.options.sampler, k, (shape[0],), n, generator)
+            return u.to(ctx.preact.dtype).view(k, *shape)
         i = ctx.index
-        return self._block[..., self._offsets[i] : self._offsets[i + 1]].to(ctx.preact.dtype)
+        part = self._block[..., self._offsets[i] : self._offsets[i + 1]]
+        return part.to(ctx.preact.dtype).reshape(k, *shape)

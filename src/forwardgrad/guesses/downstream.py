@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vjp, vmap
 
-from ..jvp import SiteContext
+from ..core.context import SiteContext
 from .base import Guess, isotropic_site_tangents
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..jvp import SiteContext
-from ..samplers import sample_tangents
-from ..sites import ModelNotSupportedError, SitePlan
+from ..core.context import SiteContext
+from ..core.samplers import sample_tangents
 from .base import Guess, IsotropicActivityGuess
 
 
@@ -21,9 +20,8 @@ class WeightPerturbation(Guess):
     isotropic = True
 
     def weight_tangents(
-        self, plan: SitePlan, k: int, generator: torch.Generator
+        self, params: list[tuple[str, Tensor]], k: int, generator: torch.Generator
     ) -> dict[str, Tensor]:
-        params = plan.parameters()
         sizes = [p.numel() for _, p in params]
         o = self.options
         flat = sample_tangents(
@@ -55,21 +53,19 @@ class ActivationPerturbation(IsotropicActivityGuess):
 
 class MaskedActivationPerturbation(IsotropicActivityGuess):
     """``u = M_i eps`` with M_i the units whose activation derivative is non-zero (unbiased:
-    the true gradient is already zero where the mask is)."""
+    the true gradient is already zero where the mask is).
+
+    The mask exists where a site's output is consumed by an elementwise activation alone (every
+    site of an MLP; on other models the sites that :meth:`Estimator.describe` lists with
+    ``masked_by``). Sites without one get the unmasked tangent, which is unbiased too."""
 
     name = "activation-masked"
     summary = "masked activation perturbation: u = M_i eps, M_i = [phi'(s_i) != 0]; unbiased"
     paper = "Singhal et al. 2023"
 
-    def bind(self, plan: SitePlan) -> None:
-        for s in plan.sites:
-            if not s.elementwise_followers:
-                raise ModelNotSupportedError(
-                    f"guess {self.name!r} masks by phi'(s_i), which needs elementwise activations "
-                    f"after every linear layer; site {s.index} is followed by "
-                    f"{[type(m).__name__ for m in s.followers]}"
-                )
-
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        mask = (ctx.act_grad != 0).to(ctx.preact.dtype)
-        return self._slice(ctx, k, generator) * mask
+        u = self._slice(ctx, k, generator)
+        act_grad = ctx.act_grad
+        if act_grad is None:
+            return u
+        return u * (act_grad != 0).to(ctx.preact.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..jvp import SiteContext
+from ..core.context import SiteContext
 from .base import Guess, isotropic_site_tangents
 from .subspace import (
     active_units,

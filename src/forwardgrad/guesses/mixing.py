@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..jvp import SiteContext
+from ..core.context import SiteContext
 from .base import Guess, isotropic_site_tangents
 
 

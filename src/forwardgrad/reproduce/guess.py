@@ -40,6 +40,8 @@ from torch import Tensor, nn
 
 from ..compare import compare, run_dir_name
 from ..config import TrainConfig, parse_guess_spec
+from ..core.chain import chain_plan
+from ..core.context import SiteContext
 from ..data import Dataset, load_dataset
 from ..diagnostics import (
     DEFAULT_STEP_SIZES,
@@ -51,12 +53,10 @@ from ..diagnostics import (
     site_contexts,
     weight_gradients,
 )
-from ..estimator import Estimator, cross_entropy_per_example
+from ..estimation import Estimator, cross_entropy_per_example
 from ..guesses import Guess
 from ..guesses.base import isotropic_site_tangents
 from ..io import read_jsonl, write_jsonl
-from ..jvp import SiteContext
-from ..sites import find_sites
 from ..train import EstimatorFactory, TrainingDiverged, build_model, probe_batch, train
 from .multitangent import gaussian_sum_cosine, projection_cosine
 from .registry import Experiment, register
@@ -254,11 +254,7 @@ class PoweredWTranspose(Guess):
 def powered_wt_estimator(model: nn.Module, power: float, seed: int) -> Estimator:
     """An :class:`Estimator` whose guess is :class:`PoweredWTranspose` (the engine, aggregation
     and bookkeeping are the library's own; only the tangent law is replaced)."""
-    estimator = Estimator(model, "wt", seed=seed)
-    guess = PoweredWTranspose(power)
-    guess.bind(estimator.plan)
-    estimator.guess, estimator.guess_name = guess, guess.name
-    return estimator
+    return Estimator(model, PoweredWTranspose(power), seed=seed)
 
 
 class CosineMatchedEstimator(Estimator):
@@ -303,17 +299,17 @@ class UnitGuess:
 
     ``g · u`` is exactly the directional derivative a JVP along u returns; it is read here from
     the backprop oracle, which gives the same number without a second engine pass. Only for
-    :func:`~forwardgrad.diagnostics.one_step_effectiveness`, which needs ``model``, ``plan``,
+    :func:`~forwardgrad.diagnostics.one_step_effectiveness`, which needs ``model``,
     ``loss_fn`` and ``estimate``.
     """
 
     def __init__(self, estimator: Estimator) -> None:
         self.estimator = estimator
-        self.model, self.plan, self.loss_fn = estimator.model, estimator.plan, estimator.loss_fn
+        self.model, self.loss_fn = estimator.model, estimator.loss_fn
 
     def estimate(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[nn.Parameter, Tensor]]:
         loss, est = self.estimator.estimate(x, targets)
-        _, true = weight_gradients(self.model, x, targets, self.loss_fn, self.plan)
+        _, true = weight_gradients(self.model, x, targets, self.loss_fn)
         params = list(est)
         u = torch.cat([est[p].flatten().double() for p in params])
         u = u / u.norm().clamp_min(1e-300)
@@ -1070,7 +1066,7 @@ def cosine_against_guess_count(
     the K-guess mean for every K comes from one growing sample. Returns, per K, the cosines of
     the examples in weight space (:func:`per_example_weight_cosine`) and in activity space.
     """
-    true = activity_gradients(model, x, y, cross_entropy_per_example)
+    true = activity_gradients(model, x, y, cross_entropy_per_example, chain_plan(model))
     estimators: dict[int, Estimator] = {}
     sums: list[Tensor] | None = None
     inputs: list[Tensor] = []
@@ -1429,7 +1425,7 @@ def subspace_curves(
 ) -> list[dict[str, Any]]:
     """For every hidden layer: mean cosine of ``dl_b/dx_{i+1}`` with its projection on the top-k
     PCA directions of the batch's activations x_{i+1}, and on a random k-dim subspace."""
-    plan = find_sites(model)
+    plan = chain_plan(model)
     contexts = site_contexts(plan, x, y, cross_entropy_per_example)
     grads = activity_gradients(model, x, y, cross_entropy_per_example, plan)
     out = []

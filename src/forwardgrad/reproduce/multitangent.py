@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..aggregate import DependentTangentsWarning, aggregate
-from ..samplers import sample_tangents
+from ..core.aggregate import DependentTangentsWarning, aggregate
+from ..core.samplers import sample_tangents
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row, Tolerance, describe_sample, draw_curve, new_figure
 

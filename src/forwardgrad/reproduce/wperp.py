@@ -48,7 +48,7 @@ from ..diagnostics import (
     factor_covariance_distance,
     overlap_curves,
 )
-from ..estimator import cross_entropy_per_example
+from ..estimation import cross_entropy_per_example
 from ..io import atomic_write, read_jsonl, write_json
 from ..train import TrainingDiverged, build_estimator, build_model, probe_batch, read_config, train
 from .registry import Experiment, register
