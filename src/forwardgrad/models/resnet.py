@@ -8,10 +8,12 @@ PyTorch's default Linear init.
 
 Options:
 
-* ``norm``: ``"batch"`` (BatchNorm2d, torchvision's choice), ``"group"`` (GroupNorm with
-  ``min(GROUPS, channels)`` groups, ``GROUPS = 32``: 32 groups at every width here, 2 to 16
-  channels per group; no running statistics and no coupling across the batch, so per-example
-  JVPs stay per-example derivatives) or ``"none"`` (Identity; the convolutions then get biases).
+* ``norm``: ``"batch"`` (BatchNorm2d, torchvision's choice; in training mode it couples the
+  examples of a batch, and its running-statistics update fails inside ``torch.func.jvp``),
+  ``"group"`` (GroupNorm with ``min(GROUPS, channels)`` groups, ``GROUPS = 32``: 32 groups at
+  every width here, 2 to 16 channels per group; no running statistics and no coupling across
+  the batch, so per-example JVPs stay per-example derivatives) or ``"none"`` (Identity; the
+  convolutions then get biases).
 * ``stem``: ``"cifar"`` (a 3x3 stride-1 convolution, no max-pool: the usual choice for 32x32
   images) or ``"imagenet"`` (torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max-pool;
   with 1 input channel this is the multi-tangent paper's MNIST ResNet-18).
