@@ -7,9 +7,10 @@ All functions take tangents ``V`` of shape ``(k, *batch, n)`` and JVPs ``d`` of 
 * ``mean``:       sum / k (unbiased for standard Gaussian tangents)
 * ``projection``: the orthogonal projection of g onto span(v_1..v_k), which is the minimum-norm
   w with V w = d. It is computed as ``V^T G^+ d`` with the k x k Gram matrix ``G = V V^T`` in
-  float64 and its pseudo-inverse from an eigendecomposition, so linearly dependent tangents and
-  k > n give the projection onto the span actually reached (with a warning) instead of a crash
-  or garbage. No explicit inverse is formed.
+  float64 (formed in float64 from tangents of any precision, so k = n is exact in float32 too)
+  and its pseudo-inverse from an eigendecomposition, so linearly dependent tangents and k > n
+  give the projection onto the span actually reached (with a warning) instead of a crash or
+  garbage. No explicit inverse is formed.
 """
 
 from __future__ import annotations
@@ -53,14 +54,17 @@ def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> T
         low-memory mode never needs all tangents at once.
     """
     k = gram.shape[-1]
-    # A Gram matrix formed in float32 carries rounding of about n * eps32 relative to its
-    # largest eigenvalue, so eigenvalues below that are noise whatever the tangents' precision.
-    gram_noise = max(k, n) * torch.finfo(gram.dtype).eps
+    # Forming G sums n products, so its eigenvalues carry rounding of up to n * eps of the
+    # precision it was formed in, relative to the largest: below that they are noise.
+    gram_noise = n * torch.finfo(gram.dtype).eps
     gram = gram.to(torch.float64)
     d = jvps.movedim(0, -1).to(torch.float64).unsqueeze(-1)  # (*batch, k, 1)
     evals, evecs = torch.linalg.eigh(gram)
-    # Rank tolerance of the input precision (as numpy.linalg.matrix_rank), squared for the Gram.
-    tol = max((max(k, n) * eps) ** 2, gram_noise) * evals[..., -1:].clamp_min(0)
+    # Directions whose singular value is below k * eps (the tangents' precision) of the largest
+    # are numerically dependent: their coefficients would amplify the JVPs' rounding. (The
+    # tolerance is on the k x k problem: numpy's max(k, n) * eps would drop every direction of
+    # k tangents in millions of float32 dimensions.)
+    tol = max((k * eps) ** 2, gram_noise) * evals[..., -1:].clamp_min(0)
     keep = evals > tol
     inv = torch.where(
         keep, 1.0 / evals.where(keep, torch.ones_like(evals)), torch.zeros_like(evals)
@@ -78,17 +82,13 @@ def projection_coefficients(gram: Tensor, jvps: Tensor, n: int, eps: float) -> T
     return coef.squeeze(-1).movedim(-1, 0)
 
 
-def tangent_gram(tangents: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
-    """``G = V V^T`` per batch index: tangents (k, *batch, n) -> (*batch, k, k).
+def tangent_gram(tangents: Tensor) -> Tensor:
+    """``G = V V^T`` per batch index in float64: tangents (k, *batch, n) -> (*batch, k, k).
 
-    ``dtype`` is the precision the products are formed in: float64 (default) resolves the rank
-    to the tangents' own precision; None keeps the tangents' dtype, about 10x faster for float32
-    tangents, and :func:`projection_coefficients` then treats directions below the float32
-    Gram's rounding as dependent (sigma_min / sigma_max < sqrt(n eps32)).
-    """
-    v = tangents.movedim(0, -2)
-    if dtype is not None:
-        v = v.to(dtype)
+    Formed in float64 whatever the tangents' precision: a float32 Gram matrix squares the
+    condition number in float32, and at k = n its smallest eigenvalues are rounding noise, so the
+    projection would drop real directions."""
+    v = tangents.movedim(0, -2).to(torch.float64)
     return v @ v.transpose(-1, -2)
 
 

@@ -128,7 +128,8 @@ class SitePlan:
 def _flatten(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     if type(module) is nn.Sequential:
         out: list[tuple[str, nn.Module]] = []
-        for name, child in module.named_children():
+        # _modules, not named_children(): a module used twice must appear twice
+        for name, child in module._modules.items():
             out.extend(_flatten(child, f"{prefix}.{name}" if prefix else name))
         return out
     return [(prefix, module)]

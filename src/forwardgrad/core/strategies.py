@@ -158,7 +158,7 @@ def estimate_of(u: Tensor, coef: Tensor) -> Tensor:
 
 
 def _gram(u: Tensor) -> Tensor:
-    return tangent_gram(u.reshape(*u.shape[:2], -1), torch.float64)
+    return tangent_gram(u.reshape(*u.shape[:2], -1))
 
 
 class Strategy:

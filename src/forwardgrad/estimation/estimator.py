@@ -353,7 +353,7 @@ class Estimator:
                     tangents[n].append(v[n])
                 loss = losses.mean()
         d = torch.cat(jvps, 0)
-        v_all = {n: torch.cat(tangents[n], 0).flatten(1) for n in names}  # (k, numel)
+        v_all = {n: torch.cat(tangents[n], 0).reshape(len(d), -1) for n in names}  # (k, numel)
         groups = [names] if self.scope == "global" else _by_module(names)
         for group in groups:
             sizes = [v_all[n].shape[1] for n in group]
