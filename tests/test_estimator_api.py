@@ -198,8 +198,11 @@ def test_chunks_fold_into_the_same_estimate_as_one_pass(aggregate):
     with torch.no_grad():
         for k in (3, 3, 1):
             begin, draw = site_draws(
-                reference.guess, reference.plan, reference.generator,
-                reference._site_generator, k,
+                reference.guess,
+                reference.plan,
+                reference.generator,
+                reference._site_generator,
+                k,
             )
             begin(4)
             res = forward_jvp(reference.plan, x, y, reference.loss_fn, k, site_tangents=draw)

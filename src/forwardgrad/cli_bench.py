@@ -11,6 +11,7 @@ from .bench import (
     PRESET_NAMES,
     QUICK,
     grid_preset,
+    models_preset,
     run_bench,
     targets_preset,
     write_results,
@@ -32,6 +33,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.preset == "targets":
         preset = targets_preset()
+    elif args.preset == "models":
+        preset = models_preset()
     else:
         base = QUICK if args.preset == "quick" else GRID_DEFAULTS
         guesses = args.guesses.split(",") if args.guesses else base["guesses"]
@@ -72,9 +75,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Times every method of a scenario interleaved on one model and batch, and measures "
             "each step's peak memory (a fresh process per method on the CPU). Presets: "
-            "'targets' (the README's performance targets), 'grid' (guesses x k x depth x width "
-            "x batch; the full grid takes hours on a laptop CPU: narrow it with the list flags), "
-            "'quick' (seconds)."
+            "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
+            "against backprop and a frog-style loop, about half an hour on a 2-core CPU), 'grid' "
+            "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
+            "narrow it with the list flags), 'quick' (seconds)."
         ),
     )
     p.add_argument("--preset", choices=PRESET_NAMES, default="targets", help="default: targets")

@@ -12,6 +12,8 @@ the k tangents with ``torch.func.vmap``:
 * the per-example losses' JVPs come out as ``(k, B)``;
 * no autograd graph is built (the estimator runs this under ``torch.no_grad()``; tangents still
   flow, see pytorch/pytorch#128600) and parameters enter as plain detached tensors;
+* the layers that dominate a pass (linear, convolutions, group and layer norm) use lean JVP
+  formulas that skip the parameters' zero tangents (``core/jvp_rules.py``);
 * fused attention kernels have no forward-mode formula, so every pass runs with
   ``scaled_dot_product_attention`` routed to its math kernel and ``nn.MultiheadAttention``'s
   fast path off;
@@ -34,6 +36,7 @@ from torch.func import functional_call, jvp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .context import ForwardResult, LossFn, SiteCall, SiteContext, SiteTangentFn, per_example_losses
+from .jvp_rules import LeanForwardAD
 from .rules import LOCAL_VJP, split_activity
 from .sites import ModelNotSupportedError, Site
 from .state import get_random_state
@@ -337,11 +340,12 @@ class GeneralEngine:
             losses, jvps, out = jvp(run, (zero,), (zero,), has_aux=True)
             return losses, jvps, out
 
-        if k == 1:
-            losses, jvps, out = one(None)
-            return losses, jvps.unsqueeze(0), out
-        index = torch.arange(k, device=x.device)
-        return vmap(one, out_dims=(None, 0, None), randomness="same")(index)
+        with LeanForwardAD():
+            if k == 1:
+                losses, jvps, out = one(None)
+                return losses, jvps.unsqueeze(0), out
+            index = torch.arange(k, device=x.device)
+            return vmap(one, out_dims=(None, 0, None), randomness="same")(index)
 
 
 def _device_of(x: Tensor, model: nn.Module) -> torch.device:
