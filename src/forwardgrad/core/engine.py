@@ -250,9 +250,14 @@ class GeneralEngine:
         if u is None or not state["tangent_mode"]:
             return None
         parts = split_activity(_batched_slice(u, state["j"]), shapes)
+        # Tangents handed to the engine are its own: when the pass keeps none, the incoming
+        # tangent is added into u in place, one activation-sized buffer fewer per site.
+        in_place = not state["keep_tangents"]
         for i, part in zip(positions, parts):
             primal, tangent = fwAD.unpack_dual(leaves[i])
-            leaves[i] = fwAD.make_dual(primal, part if tangent is None else tangent + part)
+            if tangent is not None:
+                part = part.add_(tangent) if in_place else tangent + part
+            leaves[i] = fwAD.make_dual(primal, part)
         return tree_unflatten(leaves, spec)
 
     @staticmethod

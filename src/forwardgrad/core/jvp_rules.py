@@ -97,7 +97,7 @@ class _GroupNorm(torch.autograd.Function):
             x_t, x, mean, rstd, None, b, c, x[0, 0].numel(), ctx.groups, [True, False, False]
         )[0]
         if weight is not None:
-            t = t * weight.reshape((1, c) + (1,) * (x_t.dim() - 2))
+            t = t.mul_(weight.reshape((1, c) + (1,) * (x_t.dim() - 2)))  # t is ours: in place
         return t, None, None
 
 
@@ -124,7 +124,7 @@ class _LayerNorm(torch.autograd.Function):
         t = torch.ops.aten.native_layer_norm_backward(
             x_t, x, shape, mean, rstd, None, None, [True, False, False]
         )[0]
-        return (t if weight is None else t * weight), None, None
+        return (t if weight is None else t.mul_(weight)), None, None
 
 
 class _Attention(torch.autograd.Function):

@@ -6,6 +6,9 @@ there (:class:`~forwardgrad.core.context.SiteContext`); weight-space guesses ret
 per parameter tensor ``(k, *shape)`` shared by the batch. Guesses never run the engine and never
 aggregate.
 
+Tangents a guess returns belong to the engine from then on (it may add into them in place when it
+keeps none): return a fresh tensor, not a view of state the guess reuses.
+
 ``layout`` (in :meth:`Guess.begin_step`) is the pass's sequence of site calls: ``len(layout)``
 and ``layout.widths`` (activity size per example of each call).
 """
