@@ -117,3 +117,43 @@ def test_wperp_solver_benchmark_script_runs(tmp_path):
     exact = [r for r in rows if r["solver"].startswith("svd")]
     assert len(rows) == 6 and all(r["energy_min"] > 0.999 for r in exact)
     assert all(0 < r["energy_min"] <= r["energy_mean"] <= 1 + 1e-5 for r in rows)
+
+
+def test_models_preset_and_the_frog_style_peer_on_tiny_models():
+    """The models preset's shape, and a tiny ResNet/ViT scenario timed with the peer."""
+    from forwardgrad.bench import models_preset
+    from forwardgrad.bench.peers import frog_loop_step
+
+    preset = models_preset()
+    names = [s.name for s in preset.scenarios]
+    assert any("ResNet-18" in n for n in names) and any("depth 24" in n for n in names)
+    assert len(preset.targets) == 8
+    frog = Method("frog k=2", "activation", 2, peer="frog-loop")
+    assert frog.forward_passes() == 6 and not frog.is_backprop
+    sc = Scenario(
+        "tiny-vit",
+        batch=4,
+        model="vit",
+        input_shape=(1, 8, 8),
+        classes=3,
+        options=(("depth", 1), ("dim", 16), ("mlp_dim", 16), ("heads", 2)),
+        methods=(Method("act2", "activation", 2), frog),
+    )
+    out = run_bench(Preset([sc]), repeats=1, warmup=0, memory=False)
+    assert set(out["scenarios"][0]["methods"]) == {"backprop", "act2", "frog k=2"}
+
+    # the peer computes the same estimator: with many tangents its mean is close to the gradient
+    import torch
+    from torch import nn
+
+    from forwardgrad.estimation import cross_entropy_per_example as ce
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 1, 2), nn.Tanh(), nn.Flatten(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(2, 1, 3, 3, dtype=torch.float64), torch.randint(0, 3, (2,))
+    expected = torch.autograd.grad(ce(model(x), y).mean(), list(model.parameters()))
+    for p in model.parameters():
+        p.grad = None
+    frog_loop_step(model, x, y, ce, k=1000)()  # activity dimension per example: 4 + 3
+    for p, g in zip(model.parameters(), expected):
+        assert torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), 0) > 0.95

@@ -22,9 +22,7 @@ from ..core.engine import forward_mode_kernels
 
 
 def _owning_modules(model: nn.Module) -> list[nn.Module]:
-    return [
-        m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def frog_loop_step(
@@ -42,7 +40,9 @@ def frog_loop_step(
 
             def inject(module, args, out, tangents=tangents):
                 primal, tangent = fwAD.unpack_dual(out)
-                u = torch.randn(primal.shape, generator=generator, device=primal.device)
+                u = torch.randn(
+                    primal.shape, generator=generator, device=primal.device, dtype=primal.dtype
+                )
                 tangents[id(module)] = u
                 inputs[id(module)] = fwAD.unpack_dual(args[0]).primal.detach()
                 return fwAD.make_dual(primal, u if tangent is None else tangent + u)

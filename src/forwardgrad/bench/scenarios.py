@@ -227,15 +227,26 @@ def models_preset(depth_scan: bool = True) -> Preset:
         Scenario(resnet, batch=128, methods=timed, model="resnet18", input_shape=image),
         Scenario(vit, batch=128, methods=timed, model="vit", input_shape=image),
         Scenario(
-            resnet + " (memory)", batch=128, methods=(low,), model="resnet18",
-            input_shape=image, time=False, memory=True,
+            resnet + " (memory)",
+            batch=128,
+            methods=(low,),
+            model="resnet18",
+            input_shape=image,
+            time=False,
+            memory=True,
         ),
     ]
     if depth_scan:
         scenarios += [
             Scenario(
-                name, batch=128, methods=(low,), model="vit", input_shape=image,
-                options=(("depth", depth),), time=False, memory=True,
+                name,
+                batch=128,
+                methods=(low,),
+                model="vit",
+                input_shape=image,
+                options=(("depth", depth),),
+                time=False,
+                memory=True,
             )
             for name, depth in ((vit6, 6), (vit24, 24))
         ]
@@ -244,21 +255,47 @@ def models_preset(depth_scan: bool = True) -> Preset:
     for sc in (resnet, vit):
         short = sc.split(" ")[0]
         targets += [
-            Target(f"{short}: activation k=1 step <= 1.5x backprop", "time",
-                   (sc, a1), (sc, "backprop"), 1.5),
-            Target(f"{short}: activation k=16 <= 0.5x of 16 one-tangent steps", "time",
-                   (sc, a16), (sc, a1), 0.5, factor=16),
-            Target(f"{short}: frog-style loop k=16 >= 1.7x our k=16 step", "time",
-                   (sc, a16), (sc, frog), 1 / 1.7),
+            Target(
+                f"{short}: activation k=1 step <= 1.5x backprop",
+                "time",
+                (sc, a1),
+                (sc, "backprop"),
+                1.5,
+            ),
+            Target(
+                f"{short}: activation k=16 <= 0.5x of 16 one-tangent steps",
+                "time",
+                (sc, a16),
+                (sc, a1),
+                0.5,
+                factor=16,
+            ),
+            Target(
+                f"{short}: frog-style loop k=16 >= 1.7x our k=16 step",
+                "time",
+                (sc, a16),
+                (sc, frog),
+                1 / 1.7,
+            ),
         ]
     targets.append(
-        Target("ResNet-18: low-memory peak memory <= 0.5x backprop", "memory",
-               (resnet + " (memory)", low.label), (resnet + " (memory)", "backprop"), 0.5)
+        Target(
+            "ResNet-18: low-memory peak memory <= 0.5x backprop",
+            "memory",
+            (resnet + " (memory)", low.label),
+            (resnet + " (memory)", "backprop"),
+            0.5,
+        )
     )
     if depth_scan:
         targets.append(
-            Target("ViT: low-memory peak memory at depth 24 <= 1.2x its own at depth 6",
-                   "memory", (vit24, low.label), (vit6, low.label), 1.2)
+            Target(
+                "ViT: low-memory peak memory at depth 24 <= 1.2x its own at depth 6",
+                "memory",
+                (vit24, low.label),
+                (vit6, low.label),
+                1.2,
+            )
         )
     return Preset(scenarios, targets)
 
