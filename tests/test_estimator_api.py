@@ -213,3 +213,39 @@ def test_chunks_fold_into_the_same_estimate_as_one_pass(aggregate):
         u = torch.cat([t[i] for t in tangents])
         expected = torch.einsum("kbn,kb->bn", u, d) / (7 if aggregate == "mean" else 1)
         torch.testing.assert_close(g, expected)
+
+
+def test_activity_projection_at_k_equal_n_is_exact_in_float32_too():
+    """float32 tangents at k = n: the Gram matrices of ill-conditioned examples are formed again
+    in float64, so the projection returns the gradient (not a dependent-tangents warning)."""
+    import warnings
+
+    from forwardgrad.diagnostics import activity_gradients
+    from forwardgrad.estimation import cross_entropy_per_example as ce
+
+    worst = 0.0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = mlp(4, 3, depth=1, width=5)  # float32; activity per example: 5 + 3
+        x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fg.core.aggregate.DependentTangentsWarning)
+            est = Estimator(model, "activation", tangents=8, aggregate="projection", seed=seed)
+            _, estimates, _ = est.estimate_activity(x, y)
+        true = activity_gradients(model.double(), x.double(), y, ce)
+        model.float()
+        for e, t in zip(estimates, true):
+            worst = max(worst, float(((e.double() - t).norm(dim=1) / t.norm(dim=1).max()).max()))
+    assert worst < 2e-3
+
+
+def test_projection_grams_refine_only_the_ill_conditioned_examples():
+    from forwardgrad.core.aggregate import projection_grams, tangent_gram
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(6, 5, 6, generator=g)  # k = n = 6 for every example
+    u[:, 0, -1] = u[:, 0, 0] * (1 + 1e-5)  # example 0 nearly dependent: refined in float64
+    grams = projection_grams([u], "site")[0]
+    exact = tangent_gram(u)
+    torch.testing.assert_close(grams[0], exact[0], rtol=0, atol=0)
+    torch.testing.assert_close(grams, exact, rtol=1e-5, atol=1e-5)

@@ -92,6 +92,45 @@ def tangent_gram(tangents: Tensor) -> Tensor:
     return v @ v.transpose(-1, -2)
 
 
+# A Gram matrix formed in float32 is exact enough while its smallest eigenvalue stays well above
+# its rounding, about n * eps32 of the largest; below this many times that, it is formed again in
+# float64 (k = n and other ill-conditioned cases; random tangents in n >> k dimensions never are).
+_GRAM_SAFETY = 100.0
+
+
+def _own_precision_gram(flat: Tensor) -> Tensor:
+    v = flat.movedim(0, -2)
+    return (v @ v.transpose(-1, -2)).to(torch.float64)
+
+
+def projection_grams(tangents: list[Tensor], scope: str) -> list[Tensor]:
+    """Per-site Gram matrices ``(B, k, k)``, float64, for the projection of several sites.
+
+    ``tangents``: per site ``(k, B, ...)``. Each Gram matrix is formed in the tangents' own
+    precision (fast), and formed again in float64 for the examples whose system (the sum over
+    sites for ``scope="global"``, each site's for ``"site"``) is too ill-conditioned for that
+    precision, so the projection is exact at k = n in float32 as well.
+    """
+    flats = [t.reshape(t.shape[0], t.shape[1], -1) for t in tangents]
+    if flats[0].dtype == torch.float64:
+        return [tangent_gram(f) for f in flats]
+    grams = [_own_precision_gram(f) for f in flats]
+    eps = torch.finfo(flats[0].dtype).eps
+    if scope == "global":
+        systems, widths = [sum(grams)], [sum(f.shape[-1] for f in flats)]
+    else:
+        systems, widths = grams, [f.shape[-1] for f in flats]
+    bad = torch.zeros(grams[0].shape[0], dtype=torch.bool, device=grams[0].device)
+    for gram, n in zip(systems, widths):
+        evals = torch.linalg.eigvalsh(gram)
+        bad |= evals[..., 0] < _GRAM_SAFETY * n * eps * evals[..., -1].clamp_min(0)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1)
+        for gram, f in zip(grams, flats):
+            gram[rows] = tangent_gram(f[:, rows])
+    return grams
+
+
 def aggregate_projection(tangents: Tensor, jvps: Tensor) -> Tensor:
     eps = torch.finfo(tangents.dtype).eps
     coef = projection_coefficients(tangent_gram(tangents), jvps, tangents.shape[-1], eps)

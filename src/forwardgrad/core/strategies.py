@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .aggregate import aggregate_sum, projection_coefficients, tangent_gram
+from .aggregate import aggregate_sum, projection_coefficients, projection_grams, tangent_gram
 from .context import LossFn, SiteCall, SiteContext
 
 Emit = Callable[[SiteCall, Tensor], None]
@@ -151,10 +151,7 @@ def coefficients(
 def estimate_of(u: Tensor, coef: Tensor) -> Tensor:
     """``sum_j coef_j u_j`` per example: ``u (k, B, *shape)``, ``coef (k, B)`` -> ``(B, ...)``."""
     k, b = u.shape[:2]
-    flat = u.reshape(k, b, -1)
-    if coef.dtype == torch.float64 and flat.dtype != torch.float64:  # projection: combine exactly
-        return aggregate_sum(flat.double(), coef).to(u.dtype).reshape(u.shape[1:])
-    return aggregate_sum(flat, coef.to(u.dtype)).reshape(u.shape[1:])
+    return aggregate_sum(u.reshape(k, b, -1), coef.to(u.dtype)).reshape(u.shape[1:])
 
 
 def _gram(u: Tensor) -> Tensor:
@@ -212,7 +209,7 @@ class OnePass(Strategy):
                 for chunks in zip(*kept_tangents)
             ]
             widths = [int(u[0, 0].numel()) for u in per_call]
-            coefs = coefficients(s, d, [_gram(u) for u in per_call], widths)
+            coefs = coefficients(s, d, projection_grams(per_call, s.scope), widths)
             sums = [estimate_of(u, c) for u, c in zip(per_call, coefs)]
         for call, est in zip(calls, sums):
             if est is not None:
