@@ -72,19 +72,28 @@ def _snapshot_hint(path: Path) -> str:
 
 
 def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
+    full = str(error)
+    text = full.strip().splitlines()[0] if full.strip() else type(error).__name__
+    # torch names a refused global in two wordings: "Unsupported global: GLOBAL m.f ..." and
+    # "unsupported GLOBAL m.f whose module m is blocked".
+    refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", full)
+    if refused:
         return (
-            "it holds Python objects other than tensors and plain data, which forwardgrad "
-            "checkpoints never do; unpickling them could run code, so it was not loaded"
+            f"it holds a Python object ({refused.group(1)}) other than tensors and plain data, "
+            "which forwardgrad checkpoints never do; unpickling it could run code, so it was "
+            "not loaded"
         )
     if isinstance(error, EOFError):
         return "it is empty or cut short"
     if isinstance(error, IsADirectoryError):
         return "it is a folder"
+    if isinstance(error, OSError):
+        return f"{error.strerror or text}"
     if isinstance(error, RuntimeError) and "zip" in text.lower():
         return f"it is truncated or not a torch file ({text})"
-    return f"{type(error).__name__}: {text}"
+    detail = re.search(r"WeightsUnpickler error: \s*(.+)", full)
+    what = detail.group(1).strip() if detail else f"{type(error).__name__}: {text}"
+    return f"its bytes are not a torch checkpoint (corrupt, or not written by torch.save: {what})"
 
 
 def load_checkpoint(
