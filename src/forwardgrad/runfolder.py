@@ -82,6 +82,28 @@ def refuse_taken(path: str | Path) -> None:
         )
 
 
+def refuse_busy(path: str | Path) -> None:
+    """Raise :class:`RunFolderBusy` when another process holds the folder's lock right now."""
+    lock_path = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return  # no lock file: nobody is training there
+    try:
+        free = _try_lock(fd)  # released again by closing the descriptor below
+    finally:
+        os.close(fd)
+    if not free:
+        raise RunFolderBusy(_busy_message(Path(path)))
+
+
+def _busy_message(path: Path) -> str:
+    return (
+        f"{path} is in use by another forwardgrad process ({_holder(path / LOCK_NAME)}); "
+        "wait for it to finish or choose another --out"
+    )
+
+
 def next_free_dir(path: str | Path) -> Path:
     """``path`` if it holds no run, else the first of ``path-2``, ``path-3``, ... holding none."""
     p = Path(path)
@@ -149,10 +171,7 @@ class RunLock:
             fd = self._open(lock_path)
             if not _try_lock(fd):
                 os.close(fd)
-                raise RunFolderBusy(
-                    f"{self.path} is in use by another forwardgrad process "
-                    f"({_holder(lock_path)}); wait for it to finish or choose another --out"
-                )
+                raise RunFolderBusy(_busy_message(self.path))
             if _same_file(fd, lock_path):
                 self._fd = fd
                 _write_holder(fd)

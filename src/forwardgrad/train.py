@@ -47,7 +47,14 @@ from .resume import (
     refuse_diverged,
     resumed_config,
 )
-from .runfolder import RunLock, check_out_dir, discard_run, refuse_taken, remove_temp_files
+from .runfolder import (
+    RunLock,
+    check_out_dir,
+    discard_run,
+    refuse_busy,
+    refuse_taken,
+    remove_temp_files,
+)
 
 __all__ = [
     "RunInterrupted",
@@ -556,6 +563,7 @@ def train(
     """
     out = Path(out_dir)
     check_out_dir(out)
+    refuse_busy(out)
     custom = estimator_factory is not None
     if resume:
         record, cfg = _resume_request(out, cfg, epochs, custom)
