@@ -22,12 +22,13 @@ from pathlib import Path
 
 from .config import (
     MAX_SEED,
+    OPTION_KEYS,
     ConfigError,
     TrainConfig,
     config_for_guess,
     field_names,
     parse_guess_spec,
-    unread_options,
+    read_options,
 )
 from .io import write_text
 from .resume import RESUME_FIELDS, config_from_saved, read_config, read_summary
@@ -94,11 +95,10 @@ def guess_configs(base: TrainConfig, specs: Sequence[str]) -> list[tuple[str, Tr
 
 def _refuse_unread_by_all(base: TrainConfig, configs: list[tuple[str, TrainConfig]]) -> None:
     """A shared option must be read by at least one guess, or it is a mistake."""
-    unread = set(unread_options(base))
-    for _, cfg in configs:
-        unread -= {k for k in unread if getattr(cfg, k) == getattr(base, k)}
-    if unread:
-        keys = sorted(unread)
+    defaults = TrainConfig()
+    shared = [k for k in OPTION_KEYS if getattr(base, k) != getattr(defaults, k)]
+    keys = [k for k in shared if not any(k in read_options(cfg) for _, cfg in configs)]
+    if keys:
         given = ", ".join(f"--{k.replace('_', '-')} {getattr(base, k)!r}" for k in keys)
         names = ", ".join(s for s, _ in configs)
         raise ConfigError(f"{given}: read by none of the guesses ({names}); leave it out")

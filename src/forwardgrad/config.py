@@ -244,7 +244,7 @@ def read_options(cfg: TrainConfig) -> set[str]:
     from .guesses import GUESSES
 
     if cfg.guess not in GUESSES:  # an estimator_factory's estimator: its options are its own
-        return {*TrainConfig.GUESS_OPTION_KEYS, "scope", "momentum"}
+        return set(OPTION_KEYS)
     keys = set(GUESSES[cfg.guess].options) & set(TrainConfig.GUESS_OPTION_KEYS)
     if cfg.sampler != "angle":
         keys.discard("angle")
@@ -259,12 +259,15 @@ def read_options(cfg: TrainConfig) -> set[str]:
     return keys
 
 
+OPTION_KEYS = (*TrainConfig.GUESS_OPTION_KEYS, "scope", "momentum")
+"""Keys that only some runs read (by guess, sampler, solver, aggregate or optimizer)."""
+
+
 def unread_options(cfg: TrainConfig) -> list[str]:
     """Option keys set away from their defaults that ``cfg``'s run would ignore."""
     defaults = TrainConfig()
-    settable = (*TrainConfig.GUESS_OPTION_KEYS, "scope", "momentum")
     used = read_options(cfg)
-    return [k for k in settable if k not in used and getattr(cfg, k) != getattr(defaults, k)]
+    return [k for k in OPTION_KEYS if k not in used and getattr(cfg, k) != getattr(defaults, k)]
 
 
 def _why_unread(cfg: TrainConfig, keys: list[str]) -> str:
