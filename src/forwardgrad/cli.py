@@ -293,7 +293,9 @@ def _interrupted_line(args: argparse.Namespace, error: KeyboardInterrupt) -> str
             "interrupted; finished runs are kept and interrupted ones resume from their last "
             "checkpoint: run the same command again"
         )
-    return "interrupted before training started; nothing was written"
+    if args.command == "train":
+        return "interrupted before training started; nothing was written"
+    return "interrupted"
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
