@@ -16,7 +16,7 @@ from forwardgrad.config import ConfigError, TrainConfig, config_from_mapping, fi
 
 KEYS = field_names()
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     derandomize=True,  # the same examples every run
     suppress_health_check=[HealthCheck.too_slow],

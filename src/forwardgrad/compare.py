@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -194,17 +195,32 @@ def _train_all(tasks: list[_Task], jobs: int, progress: bool) -> None:
     threads = 0 if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     work = [(t.cfg, str(t.run_dir), t.resume, progress and jobs == 1, threads) for t in todo]
     if jobs > 1 and len(work) > 1:
-        pool = ProcessPoolExecutor(max_workers=jobs)
-        try:
-            results = list(pool.map(_run_one, work))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+        results = _in_parallel(work, jobs)
     else:
         results = [_run_one(w) for w in work]
     for t, summary in zip(todo, results):
         t.summary = summary
+
+
+def _ignore_sigint() -> None:
+    # Workers leave Ctrl-C to the parent, which stops them all the same way (below); an idle
+    # worker hit by the terminal's SIGINT would otherwise print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_parallel(work: list[tuple], jobs: int) -> list[dict]:
+    """``_run_one`` over ``work`` in ``jobs`` processes. On Ctrl-C (or any error) the workers
+    are terminated: each run keeps its last checkpoint, and the lock dies with its process."""
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    try:
+        results = list(pool.map(_run_one, work))
+    except BaseException:
+        for process in list(pool._processes.values()):  # no public API stops running tasks
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
 
 
 # ------------------------------------------------------------------------------- the table
