@@ -55,6 +55,7 @@ from .resume import (
 )
 from .run_errors import RunInterrupted, StepOutOfMemory, TrainingDiverged
 from .runfolder import (
+    RunFolderTaken,
     RunLock,
     check_out_dir,
     discard_run,
@@ -345,8 +346,6 @@ def _train_in_folder(run: Session, record: dict | None, progress: bool) -> RunRe
 
 def _foreign_files(error: BaseException) -> bool:
     # A folder found taken under the lock holds another run's files: never remove them.
-    from .runfolder import RunFolderTaken
-
     return isinstance(error, RunFolderTaken)
 
 
