@@ -396,7 +396,7 @@ def test_probe_every_writes_probes_without_changing_training_and_resumes(mnist1d
     # Stop after one epoch and resume: the same probes as the uninterrupted run.
     short = TrainConfig(**{**cfg.to_dict(), "epochs": 1})
     train(short, tmp_path / "c", progress=False, data=mnist1d_tiny)
-    train(TrainConfig(), tmp_path / "c", resume=True, progress=False, data=mnist1d_tiny, epochs=2)
+    train(None, tmp_path / "c", resume=True, progress=False, data=mnist1d_tiny, epochs=2)
     assert read_jsonl(tmp_path / "c" / "probes.jsonl") == rows
     with pytest.raises(ConfigError, match="probe_every must be >= 0"):
         TrainConfig(probe_every=-1).validate()

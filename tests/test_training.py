@@ -102,9 +102,7 @@ def test_resume_continues_exactly(mnist1d_small, tmp_path):
     short = TrainConfig(**{**cfg.to_dict(), "epochs": 2})
     train(short, tmp_path / "b", progress=False, data=mnist1d_small)
     # Extend the 2-epoch run to 4 epochs: the result equals the uninterrupted run's.
-    resumed = train(
-        TrainConfig(), tmp_path / "b", resume=True, progress=False, data=mnist1d_small, epochs=4
-    )
+    resumed = train(None, tmp_path / "b", resume=True, progress=False, data=mnist1d_small, epochs=4)
     assert resumed.summary["final"]["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
 
 

@@ -1,112 +1,140 @@
-"""Command line: ``forwardgrad train | compare | list``."""
+"""Command line: ``forwardgrad train | compare | plot | list`` (and the commands wired in below).
+
+Exit codes: 0 success; 1 the run diverged or failed while running; 2 bad input (a flag, config,
+file or folder), with a one-line message naming the bad value and what is allowed; 130 (143)
+interrupted by Ctrl-C (SIGTERM), with one line saying what was kept and how to resume.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, coerce, config_from_mapping, load_toml
-
-# Flags shared by train and compare: every TrainConfig field except the per-command ones.
-_FLAG_HELP = {
-    "dataset": "dataset name (see `forwardgrad list`)",
-    "data_dir": "directory holding real datasets' files (default $FORWARDGRAD_DATA)",
-    "augment": "on-the-fly augmentation for image sets (true/false)",
-    "depth": "number of hidden layers",
-    "width": "hidden width",
-    "bias": "use biases (true/false)",
-    "guess": "gradient guess (see `forwardgrad list`)",
-    "tangents": "tangents per step (k)",
-    "aggregate": "sum | mean | projection",
-    "scope": "projection scope: global | site",
-    "jvp": "global (one JVP along all sites' tangents) | site (each site scaled by its own)",
-    "chunk_size": "push at most this many tangents at once",
-    "low_memory": "activity guesses: regenerate tangents in a second pass (true/false)",
-    "rank": "wperp: kept singular directions k, or 'full'",
-    "solver": "wperp: svd | randomized | newton-schulz",
-    "power_iterations": "wperp randomized: subspace iterations before the Nystrom apply",
-    "oversample": "wperp randomized: block width beyond the rank",
-    "gram_dtype": "wperp randomized: float32 | bfloat16 (faster where the CPU/GPU has bf16)",
-    "bottom": "wperp: bottom-k ablation (true/false)",
-    "sigma": "preconditioned: regulariser sigma",
-    "layers": "downstream: number of downstream layers",
-    "sampler": "isotropic guesses: tangent sampler",
-    "normalize": "isotropic guesses: unit-norm tangents (true/false)",
-    "angle": "sampler 'angle': degrees to the base tangent",
-    "max_length": "sampler 'varying-length': maximum length L",
-    "epochs": "training epochs",
-    "batch_size": "minibatch size",
-    "optimizer": "adamw | adam | sgd | stable-adamw",
-    "lr": "learning rate",
-    "weight_decay": "weight decay",
-    "momentum": "SGD momentum",
-    "seed": "random seed (model init, shuffling, tangents)",
-    "device": "torch device, e.g. cpu or cuda",
-    "checkpoint_every": "epochs between checkpoints",
-    "probe_every": "epochs between gradient probes against backprop, in probes.jsonl (0: none)",
-}
+from .cli_flags import add_config_flags, guess_options_text
+from .config import ConfigError, TrainConfig, config_from_mapping, load_toml
+from .resume import RESUME_FIELDS, flag
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated long options: ``--epoch`` is an error, not ``--epochs``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+# Kept for the commands that import it (probe): the flags generated from TrainConfig.
 def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    p.add_argument("--config", help="TOML file with the same keys as the flags (flags win)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        p.add_argument(
-            flag,
-            dest=f.name,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{_FLAG_HELP.get(f.name, '')} (default: {f.default})",
-        )
+    add_config_flags(p, skip)
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
-    values = load_toml(args.config) if args.config else {}
+def _given_values(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
+    """The config values the user gave: the TOML file's, then the flags' on top."""
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
-        if v is not None:
+        if v is not None and f.name not in skip:
             values[f.name] = v
-    return config_from_mapping(values)
+    return values
+
+
+def _config(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> TrainConfig:
+    return config_from_mapping(_given_values(args, skip))
+
+
+# --------------------------------------------------------------------------------- train
+
+
+def _out_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """``--out``, or the default folder; a default folder that holds a run gives way to the
+    next free ``-2``, ``-3``, ... (an explicit ``--out`` is never changed)."""
+    from .runfolder import next_free_dir
+
+    if args.out:
+        return Path(args.out)
+    default = Path(f"runs/{cfg.dataset}-{cfg.guess}-seed{cfg.seed}")
+    free = next_free_dir(default)
+    if free != default:
+        print(f"{default} already holds a run; this one goes to {free}", file=sys.stderr)
+    return free
+
+
+def _print_result(result, out: Path) -> None:
+    s = result.summary
+    final = s["final"]
+    print(
+        f"{s['guess']} seed {s['seed']}: epoch {final['epoch']}, "
+        f"train loss {final['train_loss']:.4f}, train acc {final['train_acc']:.4f}, "
+        f"test acc {final['test_acc']:.4f} ({s['train_seconds']:.1f} s); results in {out}"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    epochs = None
     if args.resume:
-        # The saved config defines the run; only --epochs may change (to extend it).
-        out, resume, cfg = Path(args.resume), True, TrainConfig()
-        epochs = int(coerce("epochs", args.epochs)) if args.epochs is not None else None
-    else:
-        cfg = _config(args)
-        out = Path(args.out or f"runs/{cfg.dataset}-{cfg.guess}-seed{cfg.seed}")
-        resume = False
-    result = train(cfg, out, resume=resume, progress=not args.no_progress, epochs=epochs)
-    final = result.summary["final"]
-    print(
-        f"{result.summary['guess']} seed {result.summary['seed']}: epoch {final['epoch']}, "
-        f"train loss {final['train_loss']:.4f}, train acc {final['train_acc']:.4f}, "
-        f"test acc {final['test_acc']:.4f} ({result.summary['train_seconds']:.1f} s); "
-        f"results in {out}"
-    )
+        return _resume(args)
+    cfg = _config(args)
+    out = _out_dir(args, cfg)
+    result = train(cfg, out, progress=not args.no_progress)
+    _print_result(result, out)
     return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .resume import config_from_saved, read_config
+    from .train import train
+
+    run = Path(args.resume)
+    if args.out is not None and Path(args.out).absolute() != run.absolute():
+        raise ConfigError(
+            f"--out {args.out} with --resume {run}: a resumed run continues in its own folder; "
+            "drop --out"
+        )
+    values = _given_values(args)
+    requested = None
+    if values and (run / "checkpoint.pt").exists():
+        saved = config_from_saved(read_config(run), run / "config.json")
+        requested = config_from_mapping(values, saved)
+    result = train(requested, run, resume=True, progress=not args.no_progress)
+    if result.epochs_trained == 0:
+        done = result.summary["epochs_completed"]
+        print(
+            f"{run} is already complete at epoch {done} of {done}: nothing to train. "
+            f"Pass --epochs N (N > {done}) with --resume to train it further."
+        )
+    _print_result(result, run)
+    return 0
+
+
+# ------------------------------------------------------------------------------- compare
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, format_table
 
     cfg = _config(args)
-    guesses = [g for g in args.guesses.split(",") if g.strip()]
+    guesses = [g.strip() for g in args.guesses.split(",") if g.strip()]
     if not guesses:
-        raise ConfigError("--guesses needs at least one guess")
+        raise ConfigError("--guesses needs at least one guess, e.g. --guesses wt,wperp:rank=25")
     out = Path(args.out or f"runs/compare-{cfg.dataset}")
-    rows = compare(cfg, guesses, args.seeds, out, jobs=args.jobs, progress=not args.no_progress)
+    rows = compare(
+        cfg,
+        guesses,
+        args.seeds,
+        out,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+    )
     print(format_table(rows))
-    print(f"\nwrote {out / 'summary.csv'}")
+    print(f"\nwrote {out / 'summary.csv'}" + ("" if args.no_plot else f" and {out / 'curves.png'}"))
     return 0
 
 
@@ -131,48 +159,99 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- parser
+
+
+def _train_epilog() -> str:
+    resumable = ", ".join(flag(k) for k in RESUME_FIELDS)
+    return f"""examples:
+  forwardgrad train --epochs 50                          W~perp on MNIST-1D (the quick start)
+  forwardgrad train --guess wt --width 256 --lr 1e-3 --out runs/wt256
+  forwardgrad train --config run.toml --seed 1           TOML keys are the flag names; flags win
+  forwardgrad train --resume runs/wt256 --epochs 400     continue a run, here to 400 epochs
+
+constraints:
+  guess options apply only to the guesses that read them (others are refused):
+{guess_options_text()}
+  --angle needs --sampler angle; --max-length needs --sampler varying-length
+  --rank full and --bottom true need --solver svd (wperp)
+  --scope needs --aggregate projection; --momentum needs --optimizer sgd
+  --low-memory true and --jvp site: activity-space guesses with sum or mean
+  --resume DIR continues DIR's run with its own settings; only these may change:
+    {resumable}
+  (other flags are refused unless they repeat the run's value)
+
+Run folders, resume and reproducibility: see the README."""
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        usage="%(prog)s [FLAGS]  (grouped below; examples at the end)",
+        help="train one model with one estimator",
+        description="Train one MLP with one gradient estimator; writes a run folder.",
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups = add_config_flags(p)
+    run = groups["run"]
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default runs/<dataset>-<guess>-seed<seed>, or the next free -2, -3...)",
+    )
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_compare_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        usage="%(prog)s --guesses SPECS [FLAGS]",
+        help="train several estimators over seeds; table of mean ± std and curves",
+        description="Train every guess for every seed, then print mean ± std over seeds, write "
+        "OUT/summary.csv and draw OUT/curves.png. Rerunning skips finished runs and resumes "
+        "interrupted ones.",
+    )
+    groups = add_config_flags(p, skip=("guess",))
+    est = groups["estimator"]
+    est.add_argument(
+        "--guesses",
+        required=True,
+        help="comma-separated guesses, each name[:key=value...], e.g. wt,wperp:rank=25 "
+        "(each given once)",
+    )
+    run = groups["run"]
+    run.add_argument(
+        "--seeds", type=int, default=3, help="number of seeds, from --seed on (default 3)"
+    )
+    run.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<dataset>)")
+    run.add_argument("--no-plot", action="store_true", help="do not draw OUT/curves.png")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="forwardgrad",
         description="Train neural networks without backpropagation, from forward-mode JVPs.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train one model with one estimator")
-    _add_config_flags(p)
-    p.add_argument("--out", help="run directory (default runs/<dataset>-<guess>-seed<seed>)")
-    p.add_argument(
-        "--resume",
-        metavar="DIR",
-        help="continue the run in DIR from its checkpoint (--epochs may extend it)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("compare", help="train several estimators over seeds; table of mean ± std")
-    _add_config_flags(p, skip=("guess",))
-    p.add_argument(
-        "--guesses",
-        required=True,
-        help="comma-separated guesses, each name[:key=value...], e.g. wt,wperp:rank=25",
-    )
-    p.add_argument(
-        "--seeds", type=int, default=3, help="number of seeds, from --seed on (default 3)"
-    )
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
-    p.add_argument("--out", help="output directory (default runs/compare-<dataset>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_compare)
-
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train_parser(sub)
+    _add_compare_parser(sub)
     p = sub.add_parser("list", help="name every guess, sampler, aggregation, dataset and optimizer")
     p.set_defaults(func=cmd_list)
 
     from .cli_bench import add_bench_parser
     from .cli_optimize import add_optimize_parsers
+    from .cli_plot import add_plot_parser
     from .cli_probe import add_probe_parser
     from .cli_reproduce import add_reproduce_parser
     from .data.cli_data import add_data_parser
 
+    add_plot_parser(sub)
     add_data_parser(sub)
     add_probe_parser(sub)
     add_reproduce_parser(sub)
@@ -181,17 +260,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
+    """SIGTERM (a scheduler ending the job) stops a run as Ctrl-C does: checkpoint kept, temporary
+    files removed, one line saying how to resume."""
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
     try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"forwardgrad {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # TrainingDiverged and friends
-        print(f"forwardgrad {args.command}: {e}", file=sys.stderr)
-        return 1
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_line(args: argparse.Namespace, error: KeyboardInterrupt) -> str:
+    from .train import RunInterrupted
+
+    if isinstance(error, RunInterrupted):
+        return str(error)
+    if args.command == "compare":
+        return (
+            "interrupted; finished runs are kept and interrupted ones resume from their last "
+            "checkpoint: run the same command again"
+        )
+    if args.command == "train":
+        return "interrupted before training started; nothing was written"
+    return "interrupted"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, reporting unknown flags from the subcommand's parser with the closest flag."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices[args.command]
+    known = [s for a in command._actions for s in a.option_strings if s.startswith("--")]
+    close = difflib.get_close_matches(extras[0].split("=")[0], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close and extras[0].startswith("-") else ""
+    command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    raise AssertionError("unreachable: argparse's error() exits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingDiverged
+
+    parser = build_parser()
+    args = _parse(parser, argv)
+    received: list[int] = []
+    name = f"forwardgrad {args.command}"
+    with _sigterm_as_interrupt(received):
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as e:
+            print(f"{name}: {_interrupted_line(args, e)}", file=sys.stderr)
+            return 143 if received else 130
+        except TrainingDiverged as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 1
+        except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"{name}: error: {e.strerror or e}{where}", file=sys.stderr)
+            return 1
+        except RuntimeError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, TrainConfig, coerce, config_from_mapping, parse_guess_spec
+from .checkpoint import load_checkpoint, load_model_state
+from .config import (
+    ConfigError,
+    TrainConfig,
+    coerce,
+    config_for_guess,
+    config_from_mapping,
+    parse_guess_spec,
+)
 from .io import write_json
 
 # Config keys that only matter for training; the probe takes no flag for them.
@@ -115,10 +123,10 @@ def _at_least(name: str, value: int, minimum: int = 1) -> int:
 def _config_and_run(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, int]:
     """The config (saved run's, with flags applied, or a fresh one), the run dir, the data seed."""
     from .cli import _config
-    from .train import read_config
+    from .resume import config_from_saved, read_config
 
     if args.run is None:
-        cfg = _config(args)
+        cfg = _config(args, skip=("guess",))  # --guess here lists the guesses to probe
         return cfg, None, cfg.seed
     run = Path(args.run)
     if not run.is_dir():
@@ -134,28 +142,24 @@ def _config_and_run(args: argparse.Namespace) -> tuple[TrainConfig, Path | None,
     flags = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
-        if getattr(args, f.name, None) is not None
+        if getattr(args, f.name, None) is not None and f.name != "guess"
     }
     clashes = [k for k in _RUN_FIXED if k in flags and coerce(k, flags[k]) != saved.get(k)]
     if clashes:
         names = ", ".join("--" + k for k in clashes)
         raise ConfigError(f"{run} fixes the model and its data; drop {names}")
-    cfg = config_from_mapping({**saved, **flags}, TrainConfig())
+    cfg = config_from_mapping(flags, config_from_saved(saved, run / "config.json"))
     return cfg, run, int(saved.get("seed", cfg.seed))
 
 
 def _guess_configs(cfg: TrainConfig, specs_arg: str | None) -> list[tuple[str, TrainConfig]]:
-    from .guesses import GUESSES
-
     specs = [s.strip() for s in (specs_arg or cfg.guess).split(",") if s.strip()]
     if not specs:
         raise ConfigError("--guess needs at least one guess")
     out = []
     for spec in specs:
         name, opts = parse_guess_spec(spec)
-        if name not in GUESSES:
-            raise ValueError(f"unknown guess {name!r} in {spec!r}; choose one of {sorted(GUESSES)}")
-        out.append((spec, dataclasses.replace(cfg, guess=name, **opts).validate()))
+        out.append((spec, config_for_guess(cfg, name, opts)))
     return out
 
 
@@ -184,8 +188,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)  # a fresh model is the one a training run with this seed starts
     model = build_model(cfg, data).to(device)
     if run is not None:
-        state = torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        state = load_checkpoint(run / "checkpoint.pt", map_location=device)
+        load_model_state(model, state, run / "checkpoint.pt")
     model.eval()
     x, y = probe_batch(data, cfg.batch_size, cfg.seed, device)
 

@@ -1,4 +1,11 @@
-"""Train several estimators over several seeds and tabulate mean +- std."""
+"""Train several estimators over several seeds and tabulate mean +- std.
+
+Everything is checked before anything trains: the options, every guess spec (each given once,
+each building its estimator and taking one trial step), the seeds and jobs, and every run
+already in the output folder (reused when finished with the same settings, resumed when
+interrupted, refused when it holds other settings). The output folder is locked for the whole
+comparison and every run folder for its run.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,26 @@ import io
 import math
 import os
 import re
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig, parse_guess_spec
+from .config import (
+    MAX_SEED,
+    OPTION_KEYS,
+    ConfigError,
+    TrainConfig,
+    config_for_guess,
+    field_names,
+    parse_guess_spec,
+    read_options,
+)
 from .io import write_text
-from .train import TrainingDiverged, train
+from .resume import RESUME_FIELDS, config_from_saved, read_config, read_summary
+from .runfolder import RunLock, check_out_dir, discard_run, run_files
+from .train import TrainingDiverged, preflight, train
 
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 
@@ -24,23 +44,186 @@ def run_dir_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
 
 
-def _run_one(args: tuple[TrainConfig, str, bool, int]) -> dict:
-    cfg, out_dir, progress, threads = args
-    if threads:
-        import torch
+@dataclass
+class _Task:
+    spec: str
+    cfg: TrainConfig
+    run_dir: Path
+    resume: bool = False
+    summary: dict | None = None  # a finished run's, reused as is
 
-        torch.set_num_threads(threads)
-    try:
-        result = train(
-            cfg,
-            out_dir,
-            resume=(Path(out_dir) / "checkpoint.pt").exists()
-            and not (Path(out_dir) / "summary.json").exists(),
-            progress=progress,
+
+# ------------------------------------------------------------------------------ checking
+
+
+def _check_counts(base: TrainConfig, seeds: int, jobs: int) -> None:
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be an integer >= 1 (runs per guess); got {seeds!r}")
+    if base.seed + seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"--seed {base.seed} with --seeds {seeds} reaches seed {base.seed + seeds - 1}, "
+            f"past the largest seed {MAX_SEED}"
         )
-        return result.summary
-    except TrainingDiverged as e:
-        return {"status": "diverged", "final": None, "failure": str(e), "train_seconds": math.nan}
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1 (parallel runs); got {jobs!r}")
+
+
+def guess_configs(base: TrainConfig, specs: Sequence[str]) -> list[tuple[str, TrainConfig]]:
+    """(spec, config) of every spec, refusing duplicates and options no guess reads."""
+    if not specs:
+        raise ConfigError("give at least one guess, e.g. --guesses wt,wperp:rank=25")
+    out: list[tuple[str, TrainConfig]] = []
+    seen_dirs: dict[str, str] = {}
+    for spec in specs:
+        name, options = parse_guess_spec(spec)
+        cfg = config_for_guess(base, name, options)
+        folder = run_dir_name(spec)
+        if folder in seen_dirs:
+            raise ConfigError(
+                f"--guesses gives {spec!r} twice (as {seen_dirs[folder]!r} and {spec!r}); "
+                "give each guess once"
+            )
+        same = next((s for s, c in out if c == cfg), None)
+        if same is not None:
+            raise ConfigError(
+                f"--guesses {same!r} and {spec!r} are the same configuration; give it once"
+            )
+        seen_dirs[folder] = spec
+        out.append((spec, cfg))
+    _refuse_unread_by_all(base, out)
+    return out
+
+
+def _refuse_unread_by_all(base: TrainConfig, configs: list[tuple[str, TrainConfig]]) -> None:
+    """A shared option must be read by at least one guess, or it is a mistake."""
+    defaults = TrainConfig()
+    shared = [k for k in OPTION_KEYS if getattr(base, k) != getattr(defaults, k)]
+    keys = [k for k in shared if not any(k in read_options(cfg) for _, cfg in configs)]
+    if keys:
+        given = ", ".join(f"--{k.replace('_', '-')} {getattr(base, k)!r}" for k in keys)
+        names = ", ".join(s for s, _ in configs)
+        raise ConfigError(f"{given}: read by none of the guesses ({names}); leave it out")
+
+
+def _same_settings(saved: dict, cfg: TrainConfig, where: Path) -> list[str]:
+    """The keys (not counting those a resume may change) where a saved run differs."""
+    have = config_from_saved(saved, where)
+    return [
+        k for k in field_names() if k not in RESUME_FIELDS and getattr(have, k) != getattr(cfg, k)
+    ]
+
+
+def _plan(spec: str, cfg: TrainConfig, run_dir: Path) -> _Task:
+    """What to do with one run folder: reuse, extend, resume or start it."""
+    task = _Task(spec, cfg, run_dir)
+    held = run_files(run_dir)
+    if not held:
+        return task
+    summary = read_summary(run_dir)
+    saved = (summary or {}).get("config") or (
+        read_config(run_dir) if "config.json" in held else None
+    )
+    if saved is None:
+        raise ConfigError(f"{run_dir} holds files of a run without its config; remove it")
+    differ = _same_settings(saved, cfg, run_dir / "config.json")
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings ({', '.join(differ)}); remove it or "
+            "choose another --out"
+        )
+    has_checkpoint = "checkpoint.pt" in held
+    done = (summary or {}).get("epochs_completed", 0)
+    if summary and summary.get("status") == "diverged":
+        task.summary = summary
+    elif summary and summary.get("status") == "completed" and done == cfg.epochs:
+        task.summary = summary
+    elif summary and summary.get("status") == "completed" and not has_checkpoint:
+        raise ConfigError(
+            f"{run_dir} holds a finished run of {done} epochs and no checkpoint to continue "
+            f"it to {cfg.epochs}; remove it or choose another --out"
+        )
+    elif done > cfg.epochs:
+        raise ConfigError(
+            f"{run_dir} holds a run of {done} epochs, past the {cfg.epochs} asked for; "
+            "remove it or choose another --out"
+        )
+    else:
+        task.resume = has_checkpoint
+    return task
+
+
+def _tasks(configs: list[tuple[str, TrainConfig]], seeds: int, out: Path) -> list[_Task]:
+    tasks = []
+    for spec, cfg in configs:
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            seeded = dataclasses.replace(cfg, seed=seed).validate()
+            run_dir = out / run_dir_name(spec) / f"seed{seed}"
+            tasks.append(_plan(spec, seeded, run_dir))
+    return tasks
+
+
+def _preflight_all(configs: list[tuple[str, TrainConfig]]) -> None:
+    """Every guess builds its estimator and takes a trial step before any of them trains."""
+    loaded: dict[tuple, object] = {}
+    for _, cfg in configs:
+        key = (cfg.dataset, cfg.data_dir, cfg.augment, cfg.seed)
+        loaded[key] = preflight(cfg, loaded.get(key))
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _run_one(args: tuple[TrainConfig, str, bool, bool, int]) -> dict:
+    cfg, out_dir, resume, progress, threads = args
+    if threads and cfg.threads is None:
+        cfg = dataclasses.replace(cfg, threads=threads)
+    try:
+        return train(cfg, out_dir, resume=resume, progress=progress).summary
+    except TrainingDiverged:
+        summary = read_summary(out_dir)
+        assert summary is not None  # train() writes it before raising
+        return summary
+
+
+def _train_all(tasks: list[_Task], jobs: int, progress: bool) -> None:
+    todo = [t for t in tasks if t.summary is None]
+    for t in todo:
+        if not t.resume and run_files(t.run_dir):
+            # A run of these settings that never finished an epoch: nothing in it to keep.
+            with RunLock(t.run_dir):
+                discard_run(t.run_dir, created=False)
+    threads = 0 if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    work = [(t.cfg, str(t.run_dir), t.resume, progress and jobs == 1, threads) for t in todo]
+    if jobs > 1 and len(work) > 1:
+        results = _in_parallel(work, jobs)
+    else:
+        results = [_run_one(w) for w in work]
+    for t, summary in zip(todo, results):
+        t.summary = summary
+
+
+def _ignore_sigint() -> None:
+    # Workers leave Ctrl-C to the parent, which stops them all the same way (below); an idle
+    # worker hit by the terminal's SIGINT would otherwise print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_parallel(work: list[tuple], jobs: int) -> list[dict]:
+    """``_run_one`` over ``work`` in ``jobs`` processes. On Ctrl-C (or any error) the workers
+    are terminated: each run keeps its last checkpoint, and the lock dies with its process."""
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    try:
+        results = list(pool.map(_run_one, work))
+    except BaseException:
+        for process in list(pool._processes.values()):  # no public API stops running tasks
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
+
+
+# ------------------------------------------------------------------------------- the table
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -52,6 +235,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def _row(spec: str, runs: list[dict]) -> dict:
+    completed = [r for r in runs if r.get("status") == "completed"]
+    diverged = [r for r in runs if r.get("status") == "diverged"]
+    row: dict = {"guess": spec, "seeds": len(runs), "completed": len(completed)}
+    for m in METRICS:
+        mean, std = _mean_std([r["final"][m] for r in completed if r.get("final")])
+        row[f"{m}_mean"], row[f"{m}_std"] = mean, std
+    minutes = [r.get("train_seconds", math.nan) / 60 for r in completed]
+    row["minutes_per_run"] = _mean_std(minutes)[0]
+    row["diverged"] = len(diverged)
+    row["diverged_at"] = "; ".join(
+        f"seed {r['seed']}: epoch {(r.get('failure') or {}).get('epoch')}, "
+        f"step {(r.get('failure') or {}).get('step')}"
+        for r in diverged
+    )
+    return row
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def compare(
     base: TrainConfig,
     guesses: Sequence[str],
@@ -59,84 +268,55 @@ def compare(
     out_dir: str | Path,
     jobs: int = 1,
     progress: bool = True,
+    plot: bool = False,
 ) -> list[dict]:
     """Train every guess spec (``name[:key=value...]``) for ``seeds`` seeds under ``out_dir``.
 
     Each run lives in ``out_dir/<label>/seed<s>`` (rerunning skips finished runs and resumes
-    interrupted ones); the table is written to ``out_dir/summary.csv`` and returned as rows.
+    interrupted ones); the table is written to ``out_dir/summary.csv`` and returned as rows
+    (means and stds over the completed runs; ``diverged`` counts the others). With ``plot``,
+    ``out_dir/curves.png`` draws every guess's training curves.
     """
     out = Path(out_dir)
-    tasks, keys = [], []
-    for spec in guesses:
-        name, options = parse_guess_spec(spec)
-        for seed in range(base.seed, base.seed + seeds):
-            cfg = dataclasses.replace(base, guess=name, seed=seed, **options).validate()
-            run_dir = out / run_dir_name(spec) / f"seed{seed}"
-            tasks.append(
-                (
-                    cfg,
-                    str(run_dir),
-                    progress and jobs == 1,
-                    0 if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs),
-                )
-            )
-            keys.append(spec)
-    done = [_finished(t[1]) for t in tasks]
-    todo = [t for t, d in zip(tasks, done) if d is None]
-    if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            fresh = list(pool.map(_run_one, todo))
-    else:
-        fresh = [_run_one(t) for t in todo]
-    it = iter(fresh)
-    summaries = [d if d is not None else next(it) for d in done]
+    _check_counts(base, seeds, jobs)
+    configs = guess_configs(base, guesses)
+    check_out_dir(out)
+    tasks = _tasks(configs, seeds, out)
+    _preflight_all(configs)
+    with RunLock(out):
+        _train_all(tasks, jobs, progress)
+        rows = [_row(spec, [t.summary for t in tasks if t.spec == spec]) for spec, _ in configs]
+        _write_csv(rows, out / "summary.csv")
+        if plot:
+            from .plot import plot_groups
 
-    rows = []
-    for spec in guesses:
-        runs = [s for k, s in zip(keys, summaries) if k == spec]
-        row: dict = {
-            "guess": spec,
-            "seeds": len(runs),
-            "completed": sum(r["status"] == "completed" for r in runs),
-        }
-        for m in METRICS:
-            mean, std = _mean_std([r["final"][m] if r.get("final") else None for r in runs])
-            row[f"{m}_mean"], row[f"{m}_std"] = mean, std
-        row["minutes_per_run"] = _mean_std([r.get("train_seconds", math.nan) / 60 for r in runs])[0]
-        rows.append(row)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "summary.csv", buf.getvalue())
+            groups = {spec: [t.run_dir for t in tasks if t.spec == spec] for spec, _ in configs}
+            plot_groups(groups, out / "curves.png", title=f"{base.dataset}: {seeds} seed(s)")
     return rows
 
 
-def _finished(run_dir: str) -> dict | None:
-    import json
-
-    p = Path(run_dir) / "summary.json"
-    if p.exists():
-        summary = json.loads(p.read_text())
-        if summary.get("status") in ("completed", "diverged"):
-            return summary
-    return None
+def _cell(r: dict, m: str) -> str:
+    if r["completed"] == 0:
+        return "diverged"
+    return f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}"
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of mean +- std over seeds."""
+    """A plain-text table of mean +- std over the completed seeds; diverged runs said so."""
     header = (
-        f"{'guess':<28} {'seeds':>5} {'train acc':>15} {'test acc':>15} "
+        f"{'guess':<28} {'done':>5} {'train acc':>15} {'test acc':>15} "
         f"{'train loss':>15} {'min/run':>8}"
     )
     lines = [header, "-" * len(header)]
+    notes = []
     for r in rows:
-
-        def cell(m: str, r: dict = r) -> str:
-            return f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}"
-
+        minutes = "-" if r["completed"] == 0 else f"{r['minutes_per_run']:.1f}"
         lines.append(
-            f"{r['guess']:<28} {r['completed']:>2}/{r['seeds']:<2} {cell('train_acc'):>15} "
-            f"{cell('test_acc'):>15} {cell('train_loss'):>15} {r['minutes_per_run']:>8.1f}"
+            f"{r['guess']:<28} {r['completed']:>2}/{r['seeds']:<2} {_cell(r, 'train_acc'):>15} "
+            f"{_cell(r, 'test_acc'):>15} {_cell(r, 'train_loss'):>15} {minutes:>8}"
         )
+        if r.get("diverged"):
+            notes.append(f"{r['guess']}: {r['diverged']} run(s) diverged ({r['diverged_at']})")
+    if notes:
+        lines += ["", "means and stds are over the completed runs only;", *notes]
     return "\n".join(lines)

@@ -1,50 +1,88 @@
-"""Training loop: one loop for every estimator, with evaluation, checkpoints and metric logs.
+"""Training: one entry point for every estimator, with evaluation, checkpoints and metric logs.
 
-A run directory holds ``config.json`` (the full config, seed and versions), ``metrics.jsonl``
-(one line per epoch), ``checkpoint.pt`` (the last good state, for ``--resume``) and
-``summary.json``; with ``probe_every`` N > 0 also ``probes.jsonl`` (the gradient estimate against
-backprop on a fixed batch of the training set, at epoch 0 and every N epochs). Every file is
+A run directory holds ``config.json`` (the full config, seed, data, versions and thread counts,
+and one entry per resumed session), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
+(the last good state, for ``--resume``) and ``summary.json``; with ``probe_every`` N > 0 also
+``probes.jsonl`` (the gradient estimate against backprop on a fixed batch of the training set,
+at epoch 0 and every N epochs), with ``tensorboard`` also ``tensorboard/``. Every file is
 written atomically.
+
+Before anything is written, the config is validated, the data loaded, the model and estimator
+built, the memory of a step estimated and one step tried on a few examples (its random state
+rewound), so a run that cannot start leaves no folder. While it trains, the folder is locked
+(:mod:`forwardgrad.runfolder`). A run that stops before its first checkpoint (an error, Ctrl-C)
+removes what it wrote; one that diverges keeps its ``summary.json`` saying where.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .config import ConfigError, TrainConfig, config_from_mapping
+from .checkpoint import TRAINING_KEYS, load_checkpoint
+from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
-from .diagnostics import probe
-from .estimation import Estimator, cross_entropy_per_example
-from .io import read_jsonl, save_torch, write_json, write_jsonl
+from .environment import environment, torch_threads
+from .estimation import Estimator
+from .io import write_json
+from .loop import (
+    Session,
+    evaluate,
+    restore,
+    run_epochs,
+    start_fresh,
+    write_summary,
+)
+from .memory import MEMORY_FLAGS, available_memory_bytes, format_bytes
 from .models import mlp
 from .optim import make_optimizer
+from .resume import (
+    ResumeRefused,
+    check_checkpoint_config,
+    check_same_data,
+    config_from_saved,
+    read_config,
+    read_run_record,
+    read_summary,
+    refuse_diverged,
+    resumed_config,
+)
+from .run_errors import RunInterrupted, StepOutOfMemory, TrainingDiverged
+from .runfolder import (
+    RunFolderTaken,
+    RunLock,
+    check_out_dir,
+    discard_run,
+    refuse_busy,
+    refuse_taken,
+    remove_temp_files,
+)
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient estimate became NaN or infinite."""
-
-    def __init__(self, epoch: int, step: int, what: str) -> None:
-        super().__init__(
-            f"{what} is not finite at epoch {epoch}, step {step}; training stopped and the last "
-            "good checkpoint was kept"
-        )
-        self.epoch, self.step, self.what = epoch, step, what
+__all__ = [
+    "RunInterrupted",
+    "RunResult",
+    "StepOutOfMemory",
+    "TrainingDiverged",
+    "build_estimator",
+    "build_model",
+    "estimate_step_bytes",
+    "evaluate",
+    "read_config",
+    "train",
+]
 
 
 @dataclass
 class RunResult:
     out_dir: Path
     summary: dict
+    epochs_trained: int = 0  # epochs this call trained (0: the run was already complete)
 
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
@@ -99,37 +137,113 @@ def build_probe_estimator(
     return (factory or build_estimator)(probe_cfg, model)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 4096, features=None
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on (x, y); ``features`` maps raw rows to model inputs."""
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        out = model(features(xb) if features is not None else xb)
-        yb = y[start : start + batch_size]
-        total_loss += float(cross_entropy_per_example(out, yb).sum())
-        correct += int((out.argmax(-1) == yb).sum())
-    return total_loss / len(x), correct / len(x)
+# ------------------------------------------------------------------------ checks before a run
+
+# Peak memory of a step over the formula below, measured 1.5-2.0 on MLPs (activation, wt and
+# W~perp guesses, 16-256 tangents, widths 128-512, batch 512): each site keeps its tangents and
+# their JVPs until the update. 2 errs on the side of refusing a step that would not fit.
+STEP_MEMORY_FACTOR = 2
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def estimate_step_bytes(cfg: TrainConfig, data: Dataset) -> int:
+    """Bytes a training step needs at its peak, roughly: tangents pushed at once x batch x
+    (input features + every layer's width) x 4 bytes (float32) x :data:`STEP_MEMORY_FACTOR`.
+
+    ``chunk_size`` bounds the tangents pushed at once for sum and mean (projection keeps all).
+    """
+    tangents = cfg.tangents
+    if cfg.chunk_size is not None and cfg.aggregate != "projection":
+        tangents = min(tangents, cfg.chunk_size)
+    batch = min(cfg.batch_size, len(data.x_train))
+    units = data.num_features + cfg.depth * cfg.width + data.num_classes
+    return STEP_MEMORY_FACTOR * tangents * batch * units * 4
 
 
-def _environment() -> dict:
-    return {
-        "forwardgrad": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
+def check_step_memory(cfg: TrainConfig, data: Dataset, device: torch.device) -> None:
+    """Refuse a step whose estimated memory exceeds what is available, naming the flags."""
+    need = estimate_step_bytes(cfg, data)
+    free = available_memory_bytes(device)
+    if free is not None and need > free:
+        raise StepOutOfMemory(
+            f"a training step needs about {format_bytes(need)} (tangents {cfg.tangents} x batch "
+            f"{cfg.batch_size} x {data.num_features + cfg.depth * cfg.width + data.num_classes} "
+            f"units x 4 bytes x {STEP_MEMORY_FACTOR}), but {format_bytes(free)} is available on "
+            f"{device}; lower {MEMORY_FLAGS}"
+        )
+
+
+def check_first_step(estimator: Estimator, data: Dataset, device: torch.device) -> None:
+    """Estimate once on a few training examples, then rewind the estimator's random state:
+    errors that only a step meets (a sampler that cannot draw k tangents, a model a guess
+    cannot read) come before any file is written, and the run's trajectory is unchanged."""
+    if not hasattr(estimator, "state_dict") or not hasattr(estimator, "estimate"):
+        return
+    state = estimator.state_dict()
+    x = data.features(data.x_train[:4]).to(device)
+    try:
+        estimator.estimate(x, data.y_train[:4].to(device))
+    finally:
+        estimator.load_state_dict(state)
+
+
+def load_data(cfg: TrainConfig) -> Dataset:
+    """The dataset ``cfg`` names, split and standardised by its seed."""
+    options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
+    if cfg.augment:
+        options["augment"] = True
+    return load_dataset(cfg.dataset, seed=cfg.seed, **options)
+
+
+def preflight(
+    cfg: TrainConfig, data: Dataset | None = None, estimator_factory: EstimatorFactory | None = None
+) -> Dataset:
+    """Every check a run makes before it writes a file: the config, the data (loaded unless
+    given; returned), the model and estimator, the memory of a step and one trial step."""
+    cfg.validate(custom_guess=estimator_factory is not None)
+    with torch_threads(cfg.threads):
+        data = data if data is not None else load_data(cfg)
+        _check_run(_build_run(cfg, data, Path("."), estimator_factory))
+    return data
+
+
+def _check_run(run: Session) -> None:
+    check_step_memory(run.cfg, run.data, run.device)
+    check_first_step(run.estimator, run.data, run.device)
+
+
+def _build_run(
+    cfg: TrainConfig, data: Dataset, out: Path, factory: EstimatorFactory | None
+) -> Session:
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data).to(device)
+    estimator = (factory or build_estimator)(cfg, model)
+    optimizer = make_optimizer(
+        cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum
+    )
+    run = Session(
+        cfg=cfg,
+        out=out,
+        data=data,
+        device=device,
+        model=model,
+        estimator=estimator,
+        optimizer=optimizer,
+        shuffle=torch.Generator().manual_seed(cfg.seed + 1),
+        augment=torch.Generator().manual_seed(cfg.seed + 2),  # on-the-fly augmentation
+        tensors=tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test)),
+    )
+    if cfg.probe_every:
+        run.probe_estimator = build_probe_estimator(cfg, model, factory)
+        run.probe_data = probe_batch(data, cfg.batch_size, cfg.seed, device)
+    return run
+
+
+# --------------------------------------------------------------------------------- train()
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | None,
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
@@ -137,187 +251,141 @@ def train(
     epochs: int | None = None,
     estimator_factory: EstimatorFactory | None = None,
 ) -> RunResult:
-    """Train with ``cfg`` into ``out_dir``.
+    """Train with ``cfg`` into ``out_dir`` (which must hold no other run).
 
-    With ``resume``, continue the run saved in ``out_dir`` from its checkpoint with its saved
-    config (``cfg`` is ignored); ``epochs`` may extend it. ``estimator_factory`` builds the
-    training (and probe) estimator instead of :func:`build_estimator`, for estimators that are
-    no registered guess; such a run must be resumed with the same factory.
+    With ``resume``, continue the run saved in ``out_dir`` from its checkpoint. ``cfg`` may then
+    be None (the saved config) or a config that differs from the saved one only in
+    :data:`~forwardgrad.resume.RESUME_FIELDS`, which it changes; anything else is refused with
+    :class:`~forwardgrad.resume.ResumeRefused`. ``epochs`` sets the epochs to train to (on
+    resume: extends the run). ``estimator_factory`` builds the training (and probe) estimator
+    instead of :func:`build_estimator`, for estimators that are no registered guess; such a run
+    must be resumed with the same factory.
+
+    Raises :class:`TrainingDiverged` (after writing ``summary.json``), :class:`RunInterrupted`
+    on Ctrl-C, :class:`StepOutOfMemory`, and :class:`~forwardgrad.config.ConfigError`,
+    :class:`~forwardgrad.checkpoint.CheckpointError` or a ``runfolder`` error for bad input.
     """
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
+    check_out_dir(out)
+    refuse_busy(out)
+    custom = estimator_factory is not None
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
-        saved = read_config(out)
-        if epochs is not None:
-            saved["epochs"] = epochs
-        cfg = config_from_mapping(saved, TrainConfig())
-    elif (out / "metrics.jsonl").exists() or ckpt_path.exists():
-        raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    cfg.validate()
-    device = torch.device(cfg.device)
-    if data is None:
-        options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
-        if cfg.augment:
-            options["augment"] = True
-        data = load_dataset(cfg.dataset, seed=cfg.seed, **options)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data).to(device)
-    estimator = (estimator_factory or build_estimator)(cfg, model)
-    optimizer = make_optimizer(
-        cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum
-    )
-    shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    augment = torch.Generator().manual_seed(cfg.seed + 2)  # on-the-fly augmentation, if any
-    probe_estimator = (
-        build_probe_estimator(cfg, model, estimator_factory) if cfg.probe_every else None
-    )
-    if probe_estimator is not None:
-        probe_x, probe_y = probe_batch(data, cfg.batch_size, cfg.seed, device)
-
-    def run_probe(epoch: int, step: int) -> None:
-        probe_rows.append(
-            {"epoch": epoch, "step": step, **probe(model, probe_estimator, probe_x, probe_y)}
-        )
-        write_jsonl(out / "probes.jsonl", probe_rows)
-
-    rows: list[dict] = []
-    probe_rows: list[dict] = []
-    start_epoch, step, elapsed = 0, 0, 0.0
-    if resume:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        estimator.load_state_dict(state["estimator"])
-        shuffle.set_state(state["shuffle"])
-        if "augment" in state:  # checkpoints from before augmentation existed lack it
-            augment.set_state(state["augment"])
-        start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed"]
-        rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= start_epoch]
-        if probe_estimator is not None:
-            if "probe_estimator" in state:
-                probe_estimator.load_state_dict(state["probe_estimator"])
-            probe_rows = [r for r in read_jsonl(out / "probes.jsonl") if r["epoch"] <= start_epoch]
+        record, cfg = _resume_request(out, cfg, epochs, custom)
     else:
-        write_json(
-            out / "config.json",
-            {
-                "config": cfg.to_dict(),
-                "seed": cfg.seed,
-                "data": data.summary(),
-                "environment": _environment(),
-            },
-        )
-        if probe_estimator is not None:
-            run_probe(0, 0)  # the starting point of the trajectory
+        if cfg is None:
+            raise ConfigError("train() needs a config for a new run (cfg=None only on resume)")
+        cfg = dataclasses.replace(cfg, epochs=epochs) if epochs is not None else cfg
+        cfg.validate(custom)
+        refuse_taken(out)
+        record = None
+    with torch_threads(cfg.threads):
+        data = data if data is not None else load_data(cfg)
+        if record is not None:
+            check_same_data(record, data.summary(), out)
+        run = _build_run(cfg, data, out, estimator_factory)
+        run.custom_guess = custom
+        _check_run(run)
+        return _train_in_folder(run, record, progress)
 
-    status, failure = "completed", None
-    bar = _progress(
-        range(start_epoch, cfg.epochs),
-        progress,
-        desc=f"{cfg.guess} seed {cfg.seed}",
-        initial=start_epoch,
-        total=cfg.epochs,
-    )
-    n = len(x_train)
+
+def _resume_request(
+    out: Path, requested: TrainConfig | None, epochs: int | None, custom_guess: bool
+) -> tuple[dict[str, Any], TrainConfig]:
+    """The saved record and the config to continue with; refuses what cannot resume."""
+    if not (out / "checkpoint.pt").exists():
+        why = (
+            "the folder does not exist"
+            if not out.exists()
+            else "the run never finished an epoch"
+            if (out / "config.json").exists()
+            else "it is not a forwardgrad run folder"
+        )
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'} ({why})")
+    record = read_run_record(out)
+    saved = config_from_saved(record["config"], out / "config.json", custom_guess)
+    refuse_diverged(read_summary(out), out)
+    cfg, _ = resumed_config(saved, requested, epochs, out, custom_guess)
+    return record, cfg
+
+
+def _train_in_folder(run: Session, record: dict | None, progress: bool) -> RunResult:
+    """Lock the folder, start or restore the run, train it; clean up what a run that never
+    reached its first checkpoint wrote."""
+    fresh = record is None
+    discarded = False
+    run.progress = progress
+    with RunLock(run.out) as lock:
+        remove_temp_files(run.out)
+        try:
+            if fresh:
+                refuse_taken(run.out)  # again, now that no other process can start here
+                start_fresh(run)
+            else:
+                done = _resume_in_folder(run, record)
+                if done is not None:
+                    return done
+            return _train_and_finish(run)
+        except TrainingDiverged:
+            raise
+        except BaseException as e:
+            discarded = fresh and run.checkpoint_epoch is None and not _foreign_files(e)
+            if discarded:
+                discard_run(run.out, created=False)
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, RunInterrupted):
+                raise RunInterrupted(
+                    run.out, max(run.epoch, 1), run.cfg.epochs, run.checkpoint_epoch, not discarded
+                ) from None
+            raise
+        finally:
+            if run.tensorboard is not None:
+                run.tensorboard.close()
+            if discarded and lock.created:
+                lock.release()
+                discard_run(run.out, created=True)
+
+
+def _foreign_files(error: BaseException) -> bool:
+    # A folder found taken under the lock holds another run's files: never remove them.
+    return isinstance(error, RunFolderTaken)
+
+
+def _resume_in_folder(run: Session, record: dict) -> RunResult | None:
+    """Restore the checkpoint; a RunResult when there is nothing left to train."""
+    path = run.out / "checkpoint.pt"
+    state = load_checkpoint(path, map_location=run.device, require=TRAINING_KEYS)
+    saved = config_from_saved(record["config"], run.out / "config.json", run.custom_guess)
+    check_checkpoint_config(state, saved, run.out)
+    restore(run, state, path)
+    cfg = run.cfg
+    if run.start_epoch > cfg.epochs:
+        raise ResumeRefused(
+            f"{run.out} is at epoch {run.start_epoch}; epochs = {cfg.epochs} would not extend "
+            f"it. Pass --epochs above {run.start_epoch} to train it further"
+        )
+    if run.start_epoch == cfg.epochs:
+        summary = read_summary(run.out)
+        if summary is None or summary.get("status") != "completed":
+            summary = write_summary(run, "completed", None)
+        return RunResult(run.out, summary, epochs_trained=0)
+    changes = {k: v for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v}
+    record = {**record, "config": cfg.to_dict()}
+    entry = {"epoch": run.start_epoch, "changed": changes, "environment": environment()}
+    record["resumed"] = [*record.get("resumed", []), entry]
+    write_json(run.out / "config.json", record)
+    (run.out / "summary.json").unlink(missing_ok=True)  # stale until this session ends
+    return None
+
+
+def _train_and_finish(run: Session) -> RunResult:
+    if run.cfg.tensorboard:
+        from .tblog import TensorBoardLog
+
+        run.tensorboard = TensorBoardLog(run.out, run.start_epoch)
     try:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            order = torch.randperm(n, generator=shuffle).to(device)
-            model.train()
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = estimator.step(data.features(x_train[idx], True, augment), y_train[idx])
-                step += 1
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                if not math.isfinite(float(loss)):
-                    raise TrainingDiverged(epoch + 1, step, "the loss")
-                if not _all_finite(grads):
-                    raise TrainingDiverged(epoch + 1, step, "the gradient estimate")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            seconds = time.perf_counter() - t0
-            elapsed += seconds
-            model.eval()
-            train_loss, train_acc = evaluate(model, x_train, y_train, features=data.features)
-            test_loss, test_acc = evaluate(model, x_test, y_test, features=data.features)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(epoch + 1, step, "the training loss")
-            rows.append(
-                {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
-                    "test_loss": test_loss,
-                    "test_acc": test_acc,
-                    "seconds": seconds,
-                }
-            )
-            write_jsonl(out / "metrics.jsonl", rows)
-            if probe_estimator is not None and (epoch + 1) % cfg.probe_every == 0:
-                run_probe(epoch + 1, step)  # before the checkpoint, which saves its generator
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "estimator": estimator.state_dict(),
-                    "shuffle": shuffle.get_state(),
-                    "augment": augment.get_state(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "elapsed": elapsed,
-                }
-                if probe_estimator is not None:
-                    state["probe_estimator"] = probe_estimator.state_dict()
-                save_torch(ckpt_path, state)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    loss=f"{train_loss:.3f}", train=f"{train_acc:.3f}", test=f"{test_acc:.3f}"
-                )
+        run_epochs(run)
     except TrainingDiverged as e:
-        status, failure = (
-            "diverged",
-            {"epoch": e.epoch, "step": e.step, "what": e.what, "message": str(e)},
-        )
-    summary = {
-        "status": status,
-        "guess": cfg.guess,
-        "seed": cfg.seed,
-        "epochs_completed": rows[-1]["epoch"] if rows else 0,
-        "steps": step,
-        "train_seconds": elapsed,
-        "final": rows[-1] if rows else None,
-        "failure": failure,
-        "config": cfg.to_dict(),
-    }
-    write_json(out / "summary.json", summary)
-    if failure is not None:
-        raise TrainingDiverged(failure["epoch"], failure["step"], failure["what"])
-    return RunResult(out, summary)
-
-
-def read_config(out_dir: str | Path) -> dict:
-    import json
-
-    p = Path(out_dir) / "config.json"
-    if not p.exists():
-        raise ConfigError(f"{p} is missing: {out_dir} is not a forwardgrad run directory")
-    try:
-        return json.loads(p.read_text())["config"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ConfigError(f"{p} is corrupt ({e}); cannot resume") from None
-
-
-def _progress(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+        failure = {"epoch": e.epoch, "step": e.step, "what": e.what, "message": str(e)}
+        write_summary(run, "diverged", failure)
+        raise
+    summary = write_summary(run, "completed", None)
+    return RunResult(run.out, summary, epochs_trained=run.cfg.epochs - run.start_epoch)

@@ -15,6 +15,7 @@ class Backprop(Guess):
     name = "backprop"
     summary = "the exact gradient by backpropagation (oracle and baseline)"
     paper = "Rumelhart et al. 1986"
+    options: tuple[str, ...] = ()
     space = "exact"
 
 

@@ -50,6 +50,7 @@ class Guess:
     name: str = ""
     summary: str = ""
     paper: str = ""
+    options: tuple[str, ...] = ()  # the GuessOptions fields this guess reads
     space: str = "activity"  # "activity" | "weight"
     isotropic: bool = False  # uses the tangent samplers
     needs_next_layer: bool = False

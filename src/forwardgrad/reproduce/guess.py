@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import load_checkpoint
 from ..compare import compare, run_dir_name
 from ..config import TrainConfig, parse_guess_spec
 from ..core.chain import chain_plan
@@ -331,7 +332,7 @@ def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
 def checkpoint_model(cfg: TrainConfig, data: Dataset, run_dir: Path) -> nn.Sequential:
     """The model saved in ``run_dir/checkpoint.pt`` (in eval mode)."""
     model = build_model(cfg, data)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import load_checkpoint
 from ..config import TrainConfig, parse_guess_spec
 from ..data import Dataset, load_dataset
 from ..diagnostics import (
@@ -413,7 +414,7 @@ def checkpoint_model(cfg: TrainConfig, path: Path, data: Dataset, epoch: int) ->
     source = snapshot_path(path, epoch)
     if not source.exists():
         source = path / "checkpoint.pt"
-    state = torch.load(source, map_location="cpu", weights_only=False)
+    state = load_checkpoint(source, require=("model", "epoch"))
     if state["epoch"] != epoch:
         raise RuntimeError(
             f"{path}: the checkpoint is at epoch {state['epoch']}, not {epoch}, and no snapshot "
