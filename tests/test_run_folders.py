@@ -286,11 +286,14 @@ def test_divergence_after_a_checkpoint_names_its_epoch(digits, tmp_path, monkeyp
 
 
 def test_the_step_memory_estimate_follows_the_stated_formula(digits):
+    from forwardgrad.train import build_estimator, build_model
+
     cfg = small(tangents=16, batch_size=64, width=32, depth=2)
-    units = 64 + 2 * 32 + 10
-    assert estimate_step_bytes(cfg, digits) == 2 * 16 * 64 * units * 4
+    estimator = build_estimator(cfg, build_model(cfg, digits))
+    units = 64 + 2 * 32 + 10  # the input and every site's activity, per example
+    assert estimate_step_bytes(cfg, digits, estimator) == 2 * 16 * 64 * units * 4
     chunked = small(tangents=16, batch_size=64, width=32, depth=2, chunk_size=4)
-    assert estimate_step_bytes(chunked, digits) == 2 * 4 * 64 * units * 4
+    assert estimate_step_bytes(chunked, digits, estimator) == 2 * 4 * 64 * units * 4
 
 
 def test_an_allocation_failure_in_a_step_names_the_flags(digits, tmp_path, monkeypatch):

@@ -39,9 +39,16 @@ class TrainConfig:
     dataset: str = "mnist1d"
     data_dir: str | None = None
     augment: bool = False  # random crop (+ flip for CIFAR) on image sets
-    depth: int = 3
-    width: int = 128
-    bias: bool = True
+    model: str = "mlp"  # mlp | cnn | resnet18 | vit (forwardgrad.models)
+    depth: int | None = None  # mlp: hidden layers (3); vit: encoder blocks (6)
+    width: int | None = None  # mlp: hidden width (128); vit: token width (256)
+    bias: bool = True  # mlp
+    norm: str | None = None  # resnet18: group | batch | none (group)
+    stem: str | None = None  # resnet18: cifar | imagenet (cifar)
+    heads: int | None = None  # vit (4)
+    mlp_dim: int | None = None  # vit (512)
+    patch_size: int | None = None  # vit (4)
+    sites: str | None = None  # comma-separated module-name patterns; None: Linear and Conv
     # estimator
     guess: str = "wperp"
     tangents: int = 1
@@ -94,6 +101,23 @@ class TrainConfig:
 
     def guess_options(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.GUESS_OPTION_KEYS}
+
+    def model_options(self) -> dict[str, Any]:
+        """The model builder's options this config sets (unset ones keep the builder's
+        defaults), under the builder's names."""
+        from .models import MODELS
+
+        return {
+            option: getattr(self, key)
+            for key, option in MODELS[self.model].config_keys
+            if getattr(self, key) is not None
+        }
+
+    def site_patterns(self) -> list[str] | None:
+        """``sites`` as the Estimator's ``sites=`` list (None: every Linear and Conv)."""
+        if self.sites is None:
+            return None
+        return [p.strip() for p in self.sites.split(",") if p.strip()]
 
     def validate(self, custom_guess: bool = False) -> TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the first bad one.
@@ -163,6 +187,9 @@ def _type_words(key: str, base: type, optional: bool) -> str:
 _MINIMUMS = {
     "depth": 0,
     "width": 1,
+    "heads": 1,
+    "mlp_dim": 1,
+    "patch_size": 1,
     "tangents": 1,
     "epochs": 1,
     "batch_size": 1,
@@ -216,10 +243,15 @@ def choices() -> dict[str, list[str]]:
     from .estimation.estimator import SCOPES
     from .guesses import GUESSES
     from .guesses.jacobian import GRAM_DTYPES, SOLVERS
+    from .models import MODELS
+    from .models.resnet import NORMS, STEMS
     from .optim import OPTIMIZERS
 
     return {
         "dataset": sorted(DATASETS),
+        "model": list(MODELS),
+        "norm": list(NORMS),
+        "stem": list(STEMS),
         "guess": list(GUESSES),
         "aggregate": list(AGGREGATIONS),
         "scope": list(SCOPES),
@@ -236,6 +268,8 @@ def _check_names(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> None:
         if key in skip:
             continue
         value = getattr(cfg, key)
+        if value is None and key in ("norm", "stem"):  # the builder's default
+            continue
         if value not in allowed:
             raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(allowed)}")
 
@@ -294,7 +328,32 @@ def _why_unread(cfg: TrainConfig, keys: list[str]) -> str:
     return "; ".join(clauses)
 
 
+MODEL_KEYS = ("depth", "width", "bias", "norm", "stem", "heads", "mlp_dim", "patch_size")
+"""Keys that only some models read."""
+
+
+def _check_model_options(cfg: TrainConfig) -> None:
+    from .models import MODELS
+
+    reads = {key for key, _ in MODELS[cfg.model].config_keys}
+    unread = [
+        k
+        for k in MODEL_KEYS
+        if k not in reads and getattr(cfg, k) is not None and not (k == "bias" and cfg.bias)
+    ]
+    if unread:
+        given = ", ".join(f"{k} = {getattr(cfg, k)!r}" for k in unread)
+        what = ", ".join(sorted(reads)) or "none of them"
+        raise ConfigError(
+            f"{given} would be ignored: model {cfg.model!r} reads {what}; leave "
+            f"{'it' if len(unread) == 1 else 'them'} out"
+        )
+    if cfg.sites is not None and not cfg.site_patterns():
+        raise ConfigError(f"sites must name module patterns, comma-separated; got {cfg.sites!r}")
+
+
 def _check_combinations(cfg: TrainConfig) -> None:
+    _check_model_options(cfg)
     unread = unread_options(cfg)
     if unread:
         given = ", ".join(f"{k} = {getattr(cfg, k)!r}" for k in unread)

@@ -247,7 +247,7 @@ def _out_of_memory(cfg: TrainConfig, error: BaseException) -> StepOutOfMemory:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return StepOutOfMemory(
         f"a training step ran out of memory (tangents {cfg.tangents}, batch {cfg.batch_size}, "
-        f"width {cfg.width}; {first}); lower {MEMORY_FLAGS}"
+        f"model {cfg.model}; {first}); lower {MEMORY_FLAGS}"
     )
 
 

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import models
 from .checkpoint import TRAINING_KEYS, load_checkpoint
 from .config import ConfigError, TrainConfig
+from .core.state import untouched
 from .data import Dataset, load_dataset
 from .environment import environment, torch_threads
 from .estimation import Estimator
@@ -40,7 +42,6 @@ from .loop import (
     write_summary,
 )
 from .memory import MEMORY_FLAGS, available_memory_bytes, format_bytes
-from .models import mlp
 from .optim import make_optimizer
 from .resume import (
     ResumeRefused,
@@ -85,13 +86,11 @@ class RunResult:
     epochs_trained: int = 0  # epochs this call trained (0: the run was already complete)
 
 
-def build_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
-    model = mlp(
-        data.num_features, data.num_classes, depth=cfg.depth, width=cfg.width, bias=cfg.bias
+def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    """``cfg.model`` for the data's examples (``forwardgrad.models.build_model``)."""
+    return models.build_model(
+        cfg.model, data.input_shape, data.num_classes, **cfg.model_options()
     )
-    if len(data.input_shape) > 1:
-        model = nn.Sequential(nn.Flatten(), *model)
-    return model
 
 
 def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
@@ -105,6 +104,7 @@ def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
         seed=cfg.seed,
         chunk_size=cfg.chunk_size,
         low_memory=cfg.low_memory,
+        sites=cfg.site_patterns(),
         **cfg.guess_options(),
     )
 
@@ -145,9 +145,26 @@ def build_probe_estimator(
 STEP_MEMORY_FACTOR = 2
 
 
-def estimate_step_bytes(cfg: TrainConfig, data: Dataset) -> int:
+def step_units(estimator: Estimator, data: Dataset) -> int:
+    """Numbers per example and tangent a step keeps: the input and every site call's activity
+    (for a weight-space guess, the parameters, which its tangents span, over the batch)."""
+    x = data.features(data.x_train[:2])
+    engine = estimator.engine_for(x.to(_device_of(estimator)), data.y_train[:2].to(x.device))
+    widths = list(getattr(engine.layout, "widths", []))
+    if widths:
+        return int(x[0].numel()) + sum(widths)
+    params = sum(p.numel() for p in estimator.model.parameters() if p.requires_grad)
+    return int(x[0].numel()) + data.num_classes + params // max(1, len(data.x_train))
+
+
+def _device_of(estimator: Estimator) -> torch.device:
+    p = next(estimator.model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def estimate_step_bytes(cfg: TrainConfig, data: Dataset, estimator: Estimator) -> int:
     """Bytes a training step needs at its peak, roughly: tangents pushed at once x batch x
-    (input features + every layer's width) x 4 bytes (float32) x :data:`STEP_MEMORY_FACTOR`.
+    :func:`step_units` x 4 bytes (float32) x :data:`STEP_MEMORY_FACTOR`.
 
     ``chunk_size`` bounds the tangents pushed at once for sum and mean (projection keeps all).
     """
@@ -155,25 +172,28 @@ def estimate_step_bytes(cfg: TrainConfig, data: Dataset) -> int:
     if cfg.chunk_size is not None and cfg.aggregate != "projection":
         tangents = min(tangents, cfg.chunk_size)
     batch = min(cfg.batch_size, len(data.x_train))
-    units = data.num_features + cfg.depth * cfg.width + data.num_classes
-    return STEP_MEMORY_FACTOR * tangents * batch * units * 4
+    return STEP_MEMORY_FACTOR * tangents * batch * step_units(estimator, data) * 4
 
 
-def check_step_memory(cfg: TrainConfig, data: Dataset, device: torch.device) -> None:
+def check_step_memory(run: Session) -> None:
     """Refuse a step whose estimated memory exceeds what is available, naming the flags."""
-    need = estimate_step_bytes(cfg, data)
-    free = available_memory_bytes(device)
+    cfg, data = run.cfg, run.data
+    if not hasattr(run.estimator, "engine_for"):
+        return
+    need = estimate_step_bytes(cfg, data, run.estimator)
+    free = available_memory_bytes(run.device)
     if free is not None and need > free:
         raise StepOutOfMemory(
             f"a training step needs about {format_bytes(need)} (tangents {cfg.tangents} x batch "
-            f"{cfg.batch_size} x {data.num_features + cfg.depth * cfg.width + data.num_classes} "
-            f"units x 4 bytes x {STEP_MEMORY_FACTOR}), but {format_bytes(free)} is available on "
-            f"{device}; lower {MEMORY_FLAGS}"
+            f"{cfg.batch_size} x {step_units(run.estimator, data)} numbers per example x 4 "
+            f"bytes x {STEP_MEMORY_FACTOR}), but {format_bytes(free)} is available on "
+            f"{run.device}; lower {MEMORY_FLAGS}"
         )
 
 
 def check_first_step(estimator: Estimator, data: Dataset, device: torch.device) -> None:
-    """Estimate once on a few training examples, then rewind the estimator's random state:
+    """Estimate once on a few training examples, then rewind the estimator's random state (and
+    the model's BatchNorm statistics and the global random state, which dropout draws from):
     errors that only a step meets (a sampler that cannot draw k tangents, a model a guess
     cannot read) come before any file is written, and the run's trajectory is unchanged."""
     if not hasattr(estimator, "state_dict") or not hasattr(estimator, "estimate"):
@@ -181,17 +201,20 @@ def check_first_step(estimator: Estimator, data: Dataset, device: torch.device) 
     state = estimator.state_dict()
     x = data.features(data.x_train[:4]).to(device)
     try:
-        estimator.estimate(x, data.y_train[:4].to(device))
+        with untouched(estimator.model, device):
+            estimator.estimate(x, data.y_train[:4].to(device))
     finally:
         estimator.load_state_dict(state)
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
-    """The dataset ``cfg`` names, split and standardised by its seed."""
+    """The dataset ``cfg`` names, split and standardised by its seed, in the layout its model
+    takes (flat vectors for the MLP, ``(C, H, W)`` images for the others)."""
     options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
     if cfg.augment:
         options["augment"] = True
-    return load_dataset(cfg.dataset, seed=cfg.seed, **options)
+    layout = models.MODELS[cfg.model].layout
+    return load_dataset(cfg.dataset, seed=cfg.seed, layout=layout, **options)
 
 
 def preflight(
@@ -207,7 +230,7 @@ def preflight(
 
 
 def _check_run(run: Session) -> None:
-    check_step_memory(run.cfg, run.data, run.device)
+    check_step_memory(run)
     check_first_step(run.estimator, run.data, run.device)
 
 

@@ -22,11 +22,16 @@ from .vit import vit
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named model: ``build(input_shape, num_classes, **options) -> nn.Module``."""
+    """A named model: ``build(input_shape, num_classes, **options) -> nn.Module``.
+
+    ``config_keys`` maps the training config's keys to the builder's options (``width`` is the
+    ViT's ``dim``); ``layout`` is how the data must be served (``flat`` or ``image``)."""
 
     name: str
     summary: str
     build: Callable[..., nn.Module]
+    config_keys: tuple[tuple[str, str], ...] = ()
+    layout: str = "image"
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -105,10 +110,32 @@ def build_vit(
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("mlp", "Linear-ReLU-...-Linear on flattened input (depth, width)", build_mlp),
+        ModelSpec(
+            "mlp",
+            "Linear-ReLU-...-Linear on flattened input (depth 3, width 128)",
+            build_mlp,
+            (("depth", "depth"), ("width", "width"), ("bias", "bias")),
+            layout="flat",
+        ),
         ModelSpec("cnn", "LeNet-style conv net: conv-relu-pool x2, three Linear layers", build_cnn),
-        ModelSpec("resnet18", "ResNet-18, 11.2M parameters (norm, stem)", build_resnet18),
-        ModelSpec("vit", "ViT: 6 pre-norm blocks, 4 heads, width 256, 4x4 patches", build_vit),
+        ModelSpec(
+            "resnet18",
+            "ResNet-18, 11.2M parameters (norm group|batch|none, stem cifar|imagenet)",
+            build_resnet18,
+            (("norm", "norm"), ("stem", "stem")),
+        ),
+        ModelSpec(
+            "vit",
+            "ViT: pre-norm blocks (depth 6, heads 4, width 256, mlp_dim 512, patch_size 4)",
+            build_vit,
+            (
+                ("depth", "depth"),
+                ("width", "dim"),
+                ("heads", "heads"),
+                ("mlp_dim", "mlp_dim"),
+                ("patch_size", "patch_size"),
+            ),
+        ),
     )
 }
 
