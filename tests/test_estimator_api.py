@@ -199,7 +199,7 @@ def test_chunks_fold_into_the_same_estimate_as_one_pass(aggregate):
         for k in (3, 3, 1):
             begin, draw = site_draws(
                 reference.guess,
-                reference.plan,
+                reference.plan.layout,
                 reference.generator,
                 reference._site_generator,
                 k,

@@ -25,7 +25,7 @@ def mc_tangents(est: Estimator, x, y, draws: int):
     Returns the JVPs (draws, B) and the injected tangents per site (draws, B, d_i); draw j's
     one-tangent estimate of dl_b/ds_i is ``jvps[j, b] * tangents[i][j, b]``.
     """
-    est.guess.begin_step(est.plan, x.shape[0], draws, est.generator)
+    est.guess.begin_step(est.plan.layout, x.shape[0], draws, est.generator)
     with torch.no_grad():
         res = forward_jvp(
             est.plan,

@@ -150,7 +150,7 @@ def step_units(estimator: Estimator, data: Dataset) -> int:
     (for a weight-space guess, the parameters, which its tangents span, over the batch)."""
     x = data.features(data.x_train[:2])
     engine = estimator.engine_for(x.to(_device_of(estimator)), data.y_train[:2].to(x.device))
-    widths = list(getattr(engine.layout, "widths", []))
+    widths = engine.layout.widths
     if widths:
         return int(x[0].numel()) + sum(widths)
     params = sum(p.numel() for p in estimator.model.parameters() if p.requires_grad)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .context import ForwardResult, LossFn, SiteCall, SiteContext, SiteTangentFn
+from .engine import Layout, LayoutCall
 from .rules import LINEAR, Rule
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError
 
@@ -86,14 +87,9 @@ class SitePlan:
         return len(self.sites)
 
     @property
-    def widths(self) -> list[int]:
-        """Output width of every site (the activity-space dimension per example)."""
-        return [s.out_features for s in self.sites]
-
-    @property
-    def keys(self) -> list[str]:
-        """The name of every site call (one call per site in a chain)."""
-        return [s.name for s in self.sites]
+    def layout(self) -> Layout:
+        """The site calls of a pass: one per site, each as wide as its layer's output."""
+        return Layout([LayoutCall(s.name, s.name, (s.out_features,)) for s in self.sites])
 
     def next_site(self, index: int) -> ChainSite | None:
         return self.sites[index + 1] if index + 1 < len(self.sites) else None
@@ -349,7 +345,7 @@ class ChainEngine:
     def __init__(self, plan: SitePlan) -> None:
         self.plan = plan
         self.sites = plan.sites
-        self.layout = plan
+        self.layout = plan.layout
 
     def run(
         self,
