@@ -206,6 +206,21 @@ def _accumulate(total: Tensor | None, owned: bool, term: Tensor) -> tuple[Tensor
     return total + term, True
 
 
+def _add_weight_tangents(
+    site: ChainSite, h: Tensor, tangents: dict[str, Tensor], t_s: Tensor | None, owned: bool
+) -> tuple[Tensor | None, bool]:
+    """Add a Linear layer's weight-space tangent terms ``V_W x + V_b`` to its output tangent."""
+    v_w = tangents.get(f"{site.name}.weight")
+    if v_w is not None:
+        # V_W x for every tangent: (B, d_in) x (k, d_in, d_out) -> (k, B, d_out)
+        t_s, owned = _accumulate(t_s, owned, torch.matmul(h, v_w.transpose(1, 2)))
+    v_b = tangents.get(f"{site.name}.bias")
+    if v_b is not None:
+        term = v_b.unsqueeze(1).expand(v_b.shape[0], h.shape[0], -1)
+        t_s, owned = _accumulate(t_s, owned, term)
+    return t_s, owned
+
+
 def loss_jvp(
     loss_fn: LossFn, outputs: Tensor, targets: Tensor, tangents: Tensor | None
 ) -> tuple[Tensor, Tensor | None]:
@@ -306,15 +321,7 @@ def forward_jvp(
             t_s, owned = t_s.view(u.shape), True
         t = None  # the previous layer's tangents are no longer needed: free them now
         if weight_tangents is not None:
-            v_w = weight_tangents.get(f"{site.name}.weight")
-            if v_w is not None:
-                # V_W x for every tangent: (B, d_in) x (k, d_in, d_out) -> (k, B, d_out)
-                term = torch.matmul(h, v_w.transpose(1, 2))
-                t_s, owned = _accumulate(t_s, owned, term)
-            v_b = weight_tangents.get(f"{site.name}.bias")
-            if v_b is not None:
-                term = v_b.unsqueeze(1).expand(k, s.shape[0], -1)
-                t_s, owned = _accumulate(t_s, owned, term)
+            t_s, owned = _add_weight_tangents(site, h, weight_tangents, t_s, owned)
         calls.append(
             SiteCall(
                 site=site,

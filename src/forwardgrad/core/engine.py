@@ -117,6 +117,37 @@ def _batched_slice(u: Tensor, j: Tensor | None) -> Tensor:
     return u[j]
 
 
+def _activity_of(site: Site, leaves: list, batch: int):
+    """Where a site's output holds its activity (the floating-point tensors), the activity
+    itself ``(B, ...)`` (several tensors flattened and concatenated) and their shapes."""
+    positions = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.is_floating_point()]
+    name = f"site {site.name!r} ({type(site.module).__name__})"
+    if not positions:
+        raise ModelNotSupportedError(
+            f"{name} returns no floating-point tensor to perturb; choose other sites"
+        )
+    primals = [_primal(leaves[i]) for i in positions]
+    if any(p.dim() == 0 or p.shape[0] != batch for p in primals):
+        raise ModelNotSupportedError(
+            f"{name} returns a tensor whose first dimension is not the batch ({batch}): "
+            f"{[tuple(p.shape) for p in primals]}; per-example tangents need batch-first "
+            "activities"
+        )
+    if len(primals) == 1:
+        return positions, primals[0], [primals[0].shape]
+    activity = torch.cat([p.reshape(batch, -1) for p in primals], 1)
+    return positions, activity, [p.shape for p in primals]
+
+
+def _inject(leaves: list, positions: list[int], parts: list[Tensor], in_place: bool) -> None:
+    """Add each tangent part to its output leaf's tangent: ``t_out <- t_out + u``."""
+    for i, part in zip(positions, parts):
+        primal, tangent = fwAD.unpack_dual(leaves[i])
+        if tangent is not None:
+            part = part.add_(tangent) if in_place else tangent + part
+        leaves[i] = fwAD.make_dual(primal, part)
+
+
 def _first_tensor(args: tuple) -> Tensor | None:
     return next((a for a in args if isinstance(a, Tensor)), None)
 
@@ -178,6 +209,7 @@ class GeneralEngine:
         return handles
 
     def _at_site(self, module: nn.Module, output, entry: tuple, state: dict):
+        """One site call: read its activity, draw its tangents, record the call, inject."""
         site = self._site_of[id(module)]
         saved_args, saved_kwargs, versions, rng = entry
         calls: list[SiteCall] = state["calls"]
@@ -186,28 +218,7 @@ class GeneralEngine:
         key = site.name if n == 0 else f"{site.name}#{n}"
         index = len(calls)
         leaves, spec = tree_flatten(output)
-        positions = [
-            i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.is_floating_point()
-        ]
-        if not positions:
-            raise ModelNotSupportedError(
-                f"site {site.name!r} ({type(module).__name__}) returns no floating-point tensor "
-                "to perturb; choose other sites"
-            )
-        primals = [_primal(leaves[i]) for i in positions]
-        batch = state["batch"]
-        if any(p.dim() == 0 or p.shape[0] != batch for p in primals):
-            raise ModelNotSupportedError(
-                f"site {site.name!r} ({type(module).__name__}) returns a tensor whose first "
-                f"dimension is not the batch ({batch}): {[tuple(p.shape) for p in primals]}; "
-                "per-example tangents need batch-first activities"
-            )
-        shapes = [p.shape for p in primals]
-        activity = (
-            primals[0]
-            if len(primals) == 1
-            else torch.cat([p.reshape(batch, -1) for p in primals], 1)
-        )
+        positions, activity, shapes = _activity_of(site, leaves, state["batch"])
         ctx = SiteContext(
             site,
             index,
@@ -228,15 +239,7 @@ class GeneralEngine:
                 f"{(k, *activity.shape)}; got {u.dtype} {tuple(u.shape)}"
             )
         call = SiteCall(
-            site=site,
-            index=index,
-            key=key,
-            activity_shape=activity.shape,
-            args=saved_args,
-            kwargs=saved_kwargs,
-            tangent=u,
-            versions=versions,
-            rng_state=rng,
+            site, index, key, activity.shape, saved_args, saved_kwargs, u, versions, rng
         )
         on_call: OnCall | None = state["on_call"]
         if on_call is not None:
@@ -252,12 +255,7 @@ class GeneralEngine:
         parts = split_activity(_batched_slice(u, state["j"]), shapes)
         # Tangents handed to the engine are its own: when the pass keeps none, the incoming
         # tangent is added into u in place, one activation-sized buffer fewer per site.
-        in_place = not state["keep_tangents"]
-        for i, part in zip(positions, parts):
-            primal, tangent = fwAD.unpack_dual(leaves[i])
-            if tangent is not None:
-                part = part.add_(tangent) if in_place else tangent + part
-            leaves[i] = fwAD.make_dual(primal, part)
+        _inject(leaves, positions, parts, in_place=not state["keep_tangents"])
         return tree_unflatten(leaves, spec)
 
     @staticmethod
