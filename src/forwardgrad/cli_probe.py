@@ -164,10 +164,9 @@ def _guess_configs(cfg: TrainConfig, specs_arg: str | None) -> list[tuple[str, T
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .data import load_dataset
     from .diagnostics import ESTIMATOR_EXTRAS, MODEL_EXTRAS, probe, probe_model
     from .estimation import cross_entropy_per_example
-    from .train import build_estimator, build_model, probe_batch
+    from .train import build_estimator, build_model, load_data, probe_batch
 
     for name in ("draws", "covariance_draws", "examples", "overlap_k"):
         _at_least(name.replace("_", "-"), getattr(args, name))
@@ -183,8 +182,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     guesses = _guess_configs(cfg, args.guess)  # fail on a bad guess before loading anything
 
     device = torch.device(cfg.device)
-    options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
-    data = load_dataset(cfg.dataset, seed=data_seed, **options)
+    data = load_data(cfg, seed=data_seed)
     torch.manual_seed(cfg.seed)  # a fresh model is the one a training run with this seed starts
     model = build_model(cfg, data).to(device)
     if run is not None:

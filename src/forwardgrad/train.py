@@ -207,14 +207,15 @@ def check_first_step(estimator: Estimator, data: Dataset, device: torch.device) 
         estimator.load_state_dict(state)
 
 
-def load_data(cfg: TrainConfig) -> Dataset:
-    """The dataset ``cfg`` names, split and standardised by its seed, in the layout its model
-    takes (flat vectors for the MLP, ``(C, H, W)`` images for the others)."""
+def load_data(cfg: TrainConfig, seed: int | None = None) -> Dataset:
+    """The dataset ``cfg`` names, split and standardised by its seed (or ``seed``), in the
+    layout its model takes (flat vectors for the MLP, ``(C, H, W)`` images for the others)."""
     options: dict = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
     if cfg.augment:
         options["augment"] = True
     layout = models.MODELS[cfg.model].layout
-    return load_dataset(cfg.dataset, seed=cfg.seed, layout=layout, **options)
+    split_seed = cfg.seed if seed is None else seed
+    return load_dataset(cfg.dataset, seed=split_seed, layout=layout, **options)
 
 
 def preflight(
