@@ -242,8 +242,9 @@ def check_batch_coupling(
     raise BatchCouplingError(
         f"{diagnosis.culprit()} mixes the examples of a batch, so the per-example JVPs that "
         "activity-space guesses use are not derivatives (a tangent on example 0 changed the "
-        f"losses of other examples by up to {float(others):.3g}). Use jvp='batch' (one "
-        "directional derivative of the batch loss per tangent: unbiased, higher variance), a "
+        f"losses of other examples by up to {float(others):.3g}). Use jvp='batch' (--jvp "
+        "batch: one directional derivative of the batch loss per tangent: unbiased, higher "
+        "variance), a "
         "weight-space guess, or a model without batch coupling (e.g. GroupNorm instead of "
         "BatchNorm, or the model in eval mode)"
     )
