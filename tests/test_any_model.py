@@ -507,3 +507,62 @@ def test_masked_guess_masks_where_an_activation_alone_consumes_the_site():
     for i in (0, 3):  # the estimate is zero wherever the ReLU is inactive
         inactive = model[i](x if i == 0 else model[:3](x)) <= 0
         assert (estimates[0 if i == 0 else 1][inactive] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "name,make,batch_fn",
+    [
+        ("conv", Conv2dNet, _conv_batch),
+        ("sdpa", SDPABlock, _token_batch),
+        ("mha", MHABlock, _token_batch),
+        ("resnet18", lambda: __import__("forwardgrad").models.resnet18(1, 4), None),
+        ("vit", lambda: __import__("forwardgrad").models.vit(6, 1, 4, patch_size=3, depth=1), None),
+    ],
+)
+@pytest.mark.parametrize("guess", ["activation", "activation-masked", "weight"])
+def test_no_autograd_graph_and_no_backward_on_any_model(name, make, batch_fn, guess, monkeypatch):
+    """Nothing calls backward; reverse-mode products happen only inside the local-VJP rules
+    (one module each), and nothing is saved for a backward outside them."""
+    from forwardgrad.core import rules
+
+    torch.manual_seed(0)
+    model = make().double()
+    if batch_fn is None:
+        x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+        y = torch.randint(0, 4, (3,))
+    else:
+        x, y = batch_fn()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("backward called by a BP-free estimator")
+
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    inside_rule = []
+    real_apply = rules.LocalVJPRule.apply
+
+    def apply(self, *args, **kwargs):
+        # torch.func.vjp refuses saved-tensor hooks: lift ours for the rule's local VJP
+        torch._C._autograd._pop_saved_tensors_default_hooks()
+        inside_rule.append(True)
+        try:
+            return real_apply(self, *args, **kwargs)
+        finally:
+            inside_rule.pop()
+            torch._C._autograd._push_saved_tensors_default_hooks(pack, lambda t: t)
+
+    monkeypatch.setattr(rules.LocalVJPRule, "apply", apply)
+    saved_outside = []
+
+    def pack(t):
+        if not inside_rule:
+            saved_outside.append(t.shape)
+        return t
+
+    est = Estimator(model, guess, tangents=2)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = est.step(x, y)
+    assert loss.grad_fn is None and not loss.requires_grad
+    assert saved_outside == [], f"tensors saved for a backward outside the rules: {saved_outside}"
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.grad_fn is None
