@@ -148,27 +148,6 @@ class ViT(nn.Module):
         return self.head(x[:, 0])  # the class token: (B, dim) -> (B, num_classes)
 
 
-def vit(
-    image_size: ImageSize,
-    in_channels: int,
-    num_classes: int,
-    patch_size: int = 4,
-    depth: int = 6,
-    heads: int = 4,
-    dim: int = 256,
-    mlp_dim: int = 512,
-    dropout: float = 0.0,
-) -> ViT:
-    """The multi-tangent paper's ViT by default; ``image_size`` (``H`` or ``(H, W)``) must be
-    divisible by ``patch_size``."""
-    return ViT(
-        image_size,
-        in_channels,
-        num_classes,
-        patch_size=patch_size,
-        depth=depth,
-        heads=heads,
-        dim=dim,
-        mlp_dim=mlp_dim,
-        dropout=dropout,
-    )
+# The builder is the class itself: the multi-tangent paper's ViT by default; ``image_size``
+# (``H`` or ``(H, W)``) must be divisible by ``patch_size``.
+vit = ViT
