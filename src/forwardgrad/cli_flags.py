@@ -30,14 +30,20 @@ FLAGS: dict[str, tuple[str, str]] = {
     "heads": ("model", "vit: attention heads (default 4)"),
     "mlp_dim": ("model", "vit: MLP width (default 512)"),
     "patch_size": ("model", "vit: patch size (default 4)"),
-    "sites": ("estimator", "where tangents go: module-name patterns, comma-separated "
-              "(e.g. 'layer?,head'; default every Linear and Conv)"),
+    "sites": (
+        "estimator",
+        "where tangents go: module-name patterns, comma-separated "
+        "(e.g. 'layer?,head'; default every Linear and Conv)",
+    ),
     "guess": ("estimator", "gradient guess: {guess}"),
     "tangents": ("estimator", "tangents per step (k)"),
     "aggregate": ("estimator", "how the k JVPs combine: {aggregate}"),
     "scope": ("estimator", "projection scope: {scope} (with --aggregate projection)"),
-    "jvp": ("estimator", "{jvp}: one JVP per example along all sites' tangents, one per site, "
-            "or one for the whole batch (models that couple examples, e.g. BatchNorm)"),
+    "jvp": (
+        "estimator",
+        "{jvp}: one JVP per example along all sites' tangents, one per site, "
+        "or one for the whole batch (models that couple examples, e.g. BatchNorm)",
+    ),
     "chunk_size": ("estimator", "push at most this many tangents at once (bounds memory)"),
     "low_memory": ("estimator", "activity guesses: redraw tangents in a second pass (true/false)"),
     "rank": ("estimator", "wperp: kept singular directions k, or 'full' (needs --solver svd)"),

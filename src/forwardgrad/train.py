@@ -88,9 +88,7 @@ class RunResult:
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     """``cfg.model`` for the data's examples (``forwardgrad.models.build_model``)."""
-    return models.build_model(
-        cfg.model, data.input_shape, data.num_classes, **cfg.model_options()
-    )
+    return models.build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options())
 
 
 def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
