@@ -157,6 +157,16 @@ def test_batch_coupling_is_refused_naming_the_module(model, match):
     # and the check did not disturb the model (BatchNorm statistics, parameters' .grad aside)
 
 
+def test_the_batchnorm_resnet_is_refused_and_the_groupnorm_one_is_not():
+    from forwardgrad.models import resnet18
+
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    torch.manual_seed(0)
+    with pytest.raises(BatchCouplingError, match=r"'stem\.1' \(BatchNorm2d\) mixes the examples"):
+        Estimator(resnet18(1, 10, norm="batch"), "activation").step(x, y)
+    Estimator(resnet18(1, 10, norm="group"), "activation").step(x, y)
+
+
 def test_batchnorm_in_eval_mode_is_per_example():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
     Estimator(model, "activation").step(torch.randn(6, 3), torch.randint(0, 2, (6,)))
