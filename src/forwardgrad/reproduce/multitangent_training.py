@@ -48,6 +48,7 @@ from .report import (
     Row,
     Tolerance,
     draw_curve,
+    draw_methods_against_k,
     mean_and_se,
     new_figure,
     write_report,
@@ -1489,33 +1490,10 @@ def _draw_mlp(result: ExperimentResult):
             (("test_acc", "test accuracy"), ("test_loss", "test loss"))
         ):
             ax = axes[row][col]
-            bp = _mlp_find(records, width, "backprop", None)
-            if bp is not None:
-                ax.axhline(bp[metric]["mean"], color="k", linewidth=1.2, label="backprop")
-            for method, dashed in (("mean", True), ("projection", False)):
-                found = [
-                    r
-                    for k in ks
-                    if (r := _mlp_find(records, width, method, k)) is not None
-                    and math.isfinite(r[metric]["mean"])
-                ]
-                if not found:
-                    continue
-                draw_curve(
-                    ax,
-                    [r["tangents"] for r in found],
-                    [r[metric]["mean"] for r in found],
-                    [r[metric]["se"] or 0.0 for r in found],
-                    color="C1" if dashed else "C0",
-                    linestyle="--" if dashed else "-",
-                    marker="s" if dashed else "o",
-                    label=method,
-                )
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.set_xlabel("tangents k")
+            draw_methods_against_k(
+                ax, lambda method, k, w=width: _mlp_find(records, w, method, k), metric, ks
+            )
             ax.set_title(f"{title}, w = {width} (n = {perturbed_dimension(width)})", fontsize=9)
-            ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
     return fig
 

@@ -210,6 +210,40 @@ def draw_curve(
         ax.fill_between(x, lo, hi, alpha=0.2, color=ax.lines[-1].get_color(), linewidth=0)
 
 
+def draw_methods_against_k(
+    ax: Axes,
+    find: Callable[[str, int | None], dict[str, Any] | None],
+    metric: str,
+    ks: Sequence[int],
+) -> None:
+    """Backprop as a horizontal line, the mean (dashed) and the projection (solid) of k
+    tangents against k; ``find(method, k)`` gives a record with ``record[metric]["mean"]`` and
+    ``["se"]``, or None."""
+    bp = find("backprop", None)
+    if bp is not None and math.isfinite(bp[metric]["mean"]):
+        ax.axhline(bp[metric]["mean"], color="k", linewidth=1.2, label="backprop")
+    for method, dashed in (("mean", True), ("projection", False)):
+        found = [
+            r for k in ks if (r := find(method, k)) is not None and math.isfinite(r[metric]["mean"])
+        ]
+        if not found:
+            continue
+        draw_curve(
+            ax,
+            [r["tangents"] for r in found],
+            [r[metric]["mean"] for r in found],
+            [r[metric]["se"] or 0.0 for r in found],
+            color="C1" if dashed else "C0",
+            linestyle="--" if dashed else "-",
+            marker="s" if dashed else "o",
+            label=method,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(ks), [str(k) for k in ks])
+    ax.set_xlabel("tangents k")
+    ax.grid(True, alpha=0.3)
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130))
 

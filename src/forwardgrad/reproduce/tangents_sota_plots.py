@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .multitangent_training import _style
-from .report import ExperimentResult, draw_curve, new_figure
+from .report import ExperimentResult, draw_methods_against_k, new_figure
 from .tangents_sota_claims import MODEL_NAMES
 
 
@@ -25,32 +24,7 @@ def _all_ks(result: ExperimentResult) -> list[int]:
 
 
 def _draw_against_k(ax, records, model: str, metric: str, ks: list[int]) -> None:
-    bp = _find(records, model, "backprop", None)
-    if bp is not None and math.isfinite(bp[metric]["mean"]):
-        ax.axhline(bp[metric]["mean"], color="k", linewidth=1.2, label="backprop")
-    for method, dashed in (("mean", True), ("projection", False)):
-        found = [
-            r
-            for k in ks
-            if (r := _find(records, model, method, k)) is not None
-            and math.isfinite(r[metric]["mean"])
-        ]
-        if not found:
-            continue
-        draw_curve(
-            ax,
-            [r["tangents"] for r in found],
-            [r[metric]["mean"] for r in found],
-            [r[metric]["se"] or 0.0 for r in found],
-            color="C1" if dashed else "C0",
-            linestyle="--" if dashed else "-",
-            marker="s" if dashed else "o",
-            label=method,
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("tangents k")
-    ax.grid(True, alpha=0.3)
+    draw_methods_against_k(ax, lambda method, k: _find(records, model, method, k), metric, ks)
 
 
 def draw_final(result: ExperimentResult):
