@@ -76,7 +76,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
             "Times every method of a scenario interleaved on one model and batch, and measures "
             "each step's peak memory (a fresh process per method on the CPU). Presets: "
             "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
-            "against backprop and a frog-style loop, about half an hour on a 2-core CPU), 'grid' "
+            "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'grid' "
             "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
             "narrow it with the list flags), 'quick' (seconds)."
         ),
