@@ -29,6 +29,7 @@ from ..data import Dataset, load_dataset
 from ..io import read_jsonl
 from .multitangent import PAPER
 from .multitangent_training import (
+    MLP_METHODS,
     _compute_note,
     _k_label,
     _mean_and_se_or_nan,
@@ -51,16 +52,9 @@ from .tangents_sota_plots import draw_curves, draw_final
 
 LR_TABLE_PATH = Path(__file__).parent / "data" / "tangents_sota_lrs.json"
 
-METHODS: tuple[tuple[str, int | None], ...] = (
-    ("backprop", None),
-    ("mean", 1),
-    ("mean", 2),
-    ("mean", 4),
-    ("mean", 16),
-    ("projection", 2),
-    ("projection", 4),
-    ("projection", 16),
-)
+# The paper's grid of §4.4, kept for §4.5: backprop, the mean of k ∈ {1, 2, 4, 16} and the
+# projection of k ∈ {2, 4, 16}.
+METHODS = MLP_METHODS
 
 # Tangents on the block outputs, as frog's node perturbation places them (module names checked
 # with Estimator.describe()).
