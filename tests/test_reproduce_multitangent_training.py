@@ -1,4 +1,5 @@
-"""The mathematics of ``tangents-functions`` and ``tangents-mlp`` (multitangent_training.py)."""
+"""The mathematics of ``tangents-functions`` (multitangent_training.py) and ``tangents-mlp``
+(tangents_mlp.py)."""
 
 import math
 from dataclasses import replace
@@ -8,6 +9,7 @@ import pytest
 
 from forwardgrad.optimize import PAPER_DIMS, sweep
 from forwardgrad.reproduce import multitangent_training as mtt
+from forwardgrad.reproduce import tangents_mlp as tmlp
 
 
 @pytest.mark.parametrize("n", [1, 7, 64, 1024])
@@ -87,14 +89,14 @@ def test_authors_tables():
     assert mtt.authors_search_loss("styblinski-tang", "backprop", None, 64) == -2510
     assert mtt.authors_search_loss("sphere", "mean", 3, 64) is None  # k = 3 was not run
     assert mtt.authors_lr("sphere", "mean", 1, 3) is None  # n = 3 was not run
-    assert len(mtt.AUTHORS_FC) == 3 * len(mtt.MLP_METHODS)
+    assert len(tmlp.AUTHORS_FC) == 3 * len(tmlp.MLP_METHODS)
 
 
 def test_authors_sphere_learning_rates_are_the_exact_optimum():
     """The authors' searched sphere learning rates sit near η* = k/(2(n+k+1)) (mean) and 1/2
     (projection) wherever f did not reach 0 for a range of rates (n >= 128)."""
     for n in (128, 256, 512, 1024):
-        for method, k in mtt.MLP_METHODS[1:]:
+        for method, k in tmlp.MLP_METHODS[1:]:
             ratio = mtt.authors_lr("sphere", method, k, n) / mtt.sphere_optimal_lr(method, k, n)
             assert 0.8 < ratio < 1.2, (n, method, k, ratio)
 
@@ -141,8 +143,8 @@ def test_claim_comparison_counts_ties_within_noise():
 
 
 def test_mlp_settings_follow_the_paper():
-    assert [mtt.perturbed_dimension(w) for w in (256, 1024, 4096)] == [522, 2058, 8202]
-    cfg = mtt._mlp_config(mtt.MLP_BUDGETS["paper"], 1024, 1024, "projection", 16, 2)
+    assert [tmlp.perturbed_dimension(w) for w in (256, 1024, 4096)] == [522, 2058, 8202]
+    cfg = tmlp._mlp_config(tmlp.MLP_BUDGETS["paper"], 1024, 1024, "projection", 16, 2)
     assert (cfg.depth, cfg.width, cfg.batch_size) == (2, 1024, 64)
     assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.0, 0.0)
     assert (cfg.guess, cfg.aggregate, cfg.tangents, cfg.scope) == (
@@ -153,9 +155,9 @@ def test_mlp_settings_follow_the_paper():
     )
     assert cfg.lr == 0.1270 and cfg.seed == 2
     # The projection's expected step is k/n of its learning rate; the mean is unbiased.
-    assert mtt.effective_lr("projection", 16, 2058, 0.127) == pytest.approx(0.127 * 16 / 2058)
-    assert mtt.effective_lr("mean", 16, 2058, 0.0027) == 0.0027
-    bp = mtt._mlp_config(mtt.MLP_BUDGETS["paper"], 256, 256, "backprop", None, 0)
+    assert tmlp.effective_lr("projection", 16, 2058, 0.127) == pytest.approx(0.127 * 16 / 2058)
+    assert tmlp.effective_lr("mean", 16, 2058, 0.0027) == 0.0027
+    bp = tmlp._mlp_config(tmlp.MLP_BUDGETS["paper"], 256, 256, "backprop", None, 0)
     assert bp.guess == "backprop" and bp.lr == 0.02605
 
 

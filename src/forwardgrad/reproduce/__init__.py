@@ -23,6 +23,7 @@ from . import multitangent  # noqa: E402, F401  isort: skip
 from . import wperp  # noqa: E402, F401  isort: skip
 from . import guess  # noqa: E402, F401  isort: skip
 from . import multitangent_training  # noqa: E402, F401  isort: skip
+from . import tangents_mlp  # noqa: E402, F401  isort: skip
 from . import tangents_sota  # noqa: E402, F401  isort: skip
 
 __all__ = [

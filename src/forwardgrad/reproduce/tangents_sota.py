@@ -29,18 +29,17 @@ from ..data import Dataset, load_dataset
 from ..io import read_jsonl
 from .multitangent import PAPER
 from .multitangent_training import (
-    MLP_METHODS,
     _compute_note,
     _k_label,
     _mean_and_se_or_nan,
     _method_label,
     _seed_list,
     _short,
-    _train_once,
     torch_threads,
 )
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row
+from .tangents_mlp import MLP_METHODS, _train_once
 from .tangents_sota_claims import (
     MODEL_NAMES,
     claim_rows,
