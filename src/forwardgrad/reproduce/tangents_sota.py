@@ -39,7 +39,7 @@ from .multitangent_training import (
 )
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row
-from .tangents_mlp import MLP_METHODS, _train_once
+from .tangents_mlp import MLP_METHODS, _train_once, effective_lr
 from .tangents_sota_claims import (
     MODEL_NAMES,
     claim_rows,
@@ -236,12 +236,6 @@ def perturbed_dimension(cfg: TrainConfig, data: Dataset) -> int:
         model = build_model(cfg, data)
         units = step_units(build_estimator(cfg, model), data)
     return units - math.prod(data.input_shape)
-
-
-def effective_lr(method: str, k: int | None, n: int, lr: float) -> float:
-    """lr_eff with E[step] = lr_eff · g: the projection onto k random directions keeps k/n of
-    the gradient in expectation, the mean is unbiased."""
-    return lr * min(k or 1, n) / n if method == "projection" else lr
 
 
 def _curve(run_dir: Path) -> list[dict[str, Any]]:
