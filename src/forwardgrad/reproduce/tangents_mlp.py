@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,11 @@ def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> bool:
     )
 
 
+def run_curve(run_dir: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``keys`` of every epoch line of a run's ``metrics.jsonl``."""
+    return [{key: row[key] for key in keys} for row in read_jsonl(run_dir / "metrics.jsonl")]
+
+
 def _train_once(cfg: TrainConfig, run_dir: Path, data, progress: bool) -> dict[str, Any]:
     """Train one run, or reuse / resume the one already in ``run_dir`` with the same config."""
     from ..train import TrainingDiverged, read_config, train
@@ -219,10 +225,7 @@ def _mlp_records(
                 cfg = _mlp_config(budget, width, lr_width, method, k, seed)
                 run_dir = out_dir / "runs" / f"w{width}" / label / f"seed{seed}"
                 summary = _train_once(cfg, run_dir, data, progress)
-                curve = [
-                    {key: row[key] for key in ("epoch", "train_loss", "test_loss", "test_acc")}
-                    for row in read_jsonl(run_dir / "metrics.jsonl")
-                ]
+                curve = run_curve(run_dir, ("epoch", "train_loss", "test_loss", "test_acc"))
                 runs.append({"seed": seed, "summary": summary, "curve": curve})
             lr, search_loss = AUTHORS_FC[(lr_width, method, k)]
             record: dict[str, Any] = {

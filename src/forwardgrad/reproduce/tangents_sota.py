@@ -26,7 +26,6 @@ import torch
 
 from ..config import TrainConfig
 from ..data import Dataset, load_dataset
-from ..io import read_jsonl
 from .multitangent import PAPER
 from .multitangent_training import (
     _compute_note,
@@ -39,7 +38,7 @@ from .multitangent_training import (
 )
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row
-from .tangents_mlp import MLP_METHODS, _train_once, effective_lr
+from .tangents_mlp import MLP_METHODS, _train_once, effective_lr, run_curve
 from .tangents_sota_claims import (
     MODEL_NAMES,
     claim_rows,
@@ -239,8 +238,9 @@ def perturbed_dimension(cfg: TrainConfig, data: Dataset) -> int:
 
 
 def _curve(run_dir: Path) -> list[dict[str, Any]]:
-    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-    return [{key: row[key] for key in keys} for row in read_jsonl(run_dir / "metrics.jsonl")]
+    return run_curve(
+        run_dir, ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+    )
 
 
 def _method_record(
