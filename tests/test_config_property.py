@@ -11,7 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwardgrad.cli import _config, build_parser
+from forwardgrad.cli import build_parser
+from forwardgrad.cli_flags import config_from_args
 from forwardgrad.config import ConfigError, TrainConfig, config_from_mapping, field_names, load_toml
 
 KEYS = field_names()
@@ -127,4 +128,4 @@ def test_any_bytes_as_a_toml_file_give_a_config_or_a_clear_error(data):
 def test_any_flag_values_give_a_config_or_a_clear_error(flags):
     argv = ["train"] + [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
     args = build_parser().parse_args(argv)
-    _valid_or_config_error(lambda: _config(args))
+    _valid_or_config_error(lambda: config_from_args(args))

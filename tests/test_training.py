@@ -135,7 +135,10 @@ def test_config_validation(tmp_path):
         config_from_mapping({"lr": "fast"})
     with pytest.raises(ConfigError, match="width must be >= 1"):
         config_from_mapping({"width": 0})
-    assert config_from_mapping({"rank": "full"}).rank is None
+    assert config_from_mapping({"rank": "full", "solver": "svd"}).rank is None
+    # The guess's own constraints are checked when the config is loaded, not at the first step.
+    with pytest.raises(ConfigError, match="rank='full' .* needs solver='svd'"):
+        config_from_mapping({"rank": "full"})
     assert parse_guess_spec("wperp:rank=25:solver=randomized") == (
         "wperp",
         {"rank": 25, "solver": "randomized"},
@@ -223,3 +226,32 @@ def test_cli_data_info_names_missing_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MISSING train-images-idx3-ubyte" in out and str(tmp_path / "mnist") in out
     assert main(["data", "info", "imagenet", "--data-dir", str(tmp_path)]) == 2
+
+
+def test_a_callers_callback_sees_every_step_and_every_epoch_row(tmp_path):
+    """``train(callbacks=...)`` runs after the standard callbacks: each epoch's row reaches it
+    after metrics.jsonl holds it, and it sees one loss per step."""
+    import json
+
+    from forwardgrad.config import TrainConfig
+    from forwardgrad.loop import Callback
+    from forwardgrad.train import train
+
+    class Record(Callback):
+        def __init__(self):
+            self.losses, self.rows = [], []
+
+        def after_step(self, run, loss):
+            self.losses.append(float(loss))
+
+        def after_epoch(self, run, row):
+            logged = [json.loads(line) for line in (run.out / "metrics.jsonl").open()]
+            assert logged[-1] == row
+            self.rows.append(row)
+
+    cfg = TrainConfig(dataset="digits", guess="wt", depth=1, width=16, epochs=2, batch_size=256)
+    record = Record()
+    result = train(cfg, tmp_path / "run", progress=False, callbacks=[record])
+    assert [r["epoch"] for r in record.rows] == [1, 2]
+    assert len(record.losses) == result.summary["steps"]
+    assert record.rows[-1] == result.summary["final"]

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import difflib
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .cli_flags import add_config_flags, guess_options_text
-from .config import ConfigError, TrainConfig, config_from_mapping, load_toml
+from .cli_flags import add_config_flags, config_from_args, given_values, guess_options_text
+from .config import ConfigError, TrainConfig, config_from_mapping
 from .resume import RESUME_FIELDS, flag
 
 
@@ -27,25 +26,6 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
-
-
-# Kept for the commands that import it (probe): the flags generated from TrainConfig.
-def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    add_config_flags(p, skip)
-
-
-def _given_values(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
-    """The config values the user gave: the TOML file's, then the flags' on top."""
-    values = load_toml(args.config) if getattr(args, "config", None) else {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None and f.name not in skip:
-            values[f.name] = v
-    return values
-
-
-def _config(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> TrainConfig:
-    return config_from_mapping(_given_values(args, skip))
 
 
 # --------------------------------------------------------------------------------- train
@@ -80,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         return _resume(args)
-    cfg = _config(args)
+    cfg = config_from_args(args)
     out = _out_dir(args, cfg)
     result = train(cfg, out, progress=not args.no_progress)
     _print_result(result, out)
@@ -97,7 +77,7 @@ def _resume(args: argparse.Namespace) -> int:
             f"--out {args.out} with --resume {run}: a resumed run continues in its own folder; "
             "drop --out"
         )
-    values = _given_values(args)
+    values = given_values(args)
     requested = None
     if values and (run / "checkpoint.pt").exists():
         saved = config_from_saved(read_config(run), run / "config.json")
@@ -119,7 +99,7 @@ def _resume(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, format_table
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     guesses = [g.strip() for g in args.guesses.split(",") if g.strip()]
     if not guesses:
         raise ConfigError("--guesses needs at least one guess, e.g. --guesses wt,wperp:rank=25")

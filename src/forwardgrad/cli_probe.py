@@ -11,12 +11,12 @@ per-layer table per guess and writes every number as JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint, load_model_state
+from .cli_flags import add_config_flags, config_from_args, given_values
 from .config import (
     ConfigError,
     TrainConfig,
@@ -54,8 +54,6 @@ _EXTRA_FLAGS = {
 
 def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``probe`` to the main parser's subparsers; returns its parser."""
-    from .cli import _add_config_flags
-
     p = subparsers.add_parser(
         "probe",
         help="measure gradient estimates against backprop on one batch (cosine, bias, ...)",
@@ -109,7 +107,7 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON output (default RUN_DIR/probe.json, or runs/probe-<dataset>-seed<seed>.json)",
     )
-    _add_config_flags(p, skip=_TRAINING_ONLY)
+    add_config_flags(p, skip=_TRAINING_ONLY)
     p.set_defaults(func=cmd_probe)
     return p
 
@@ -122,11 +120,10 @@ def _at_least(name: str, value: int, minimum: int = 1) -> int:
 
 def _config_and_run(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, int]:
     """The config (saved run's, with flags applied, or a fresh one), the run dir, the data seed."""
-    from .cli import _config
     from .resume import config_from_saved, read_config
 
     if args.run is None:
-        cfg = _config(args, skip=("guess",))  # --guess here lists the guesses to probe
+        cfg = config_from_args(args, skip=("guess",))  # --guess here lists the guesses to probe
         return cfg, None, cfg.seed
     run = Path(args.run)
     if not run.is_dir():
@@ -139,11 +136,7 @@ def _config_and_run(args: argparse.Namespace) -> tuple[TrainConfig, Path | None,
     if args.config:
         raise ConfigError("give either RUN_DIR or --config, not both")
     saved = read_config(run)
-    flags = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(args, f.name, None) is not None and f.name != "guess"
-    }
+    flags = given_values(args, skip=("guess",))
     clashes = [k for k in _RUN_FIXED if k in flags and coerce(k, flags[k]) != saved.get(k)]
     if clashes:
         names = ", ".join("--" + k for k in clashes)

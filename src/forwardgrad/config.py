@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import sys
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .config_fields import SECTIONS, Rule, number_error, option, positive
+from .guesses.options import GuessOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,69 +36,113 @@ MAX_SEED = 2**31 - 1
 
 
 @dataclass
-class TrainConfig:
-    # data and model
-    dataset: str = "mnist1d"
-    data_dir: str | None = None
-    augment: bool = False  # random crop (+ flip for CIFAR) on image sets
-    model: str = "mlp"  # mlp | cnn | resnet18 | vit (forwardgrad.models)
-    depth: int | None = None  # mlp: hidden layers (3); vit: encoder blocks (6)
-    width: int | None = None  # mlp: hidden width (128); vit: token width (256)
-    bias: bool = True  # mlp
-    norm: str | None = None  # resnet18: group | batch | none (group)
-    stem: str | None = None  # resnet18: cifar | imagenet (cifar)
-    heads: int | None = None  # vit (4)
-    mlp_dim: int | None = None  # vit (512)
-    patch_size: int | None = None  # vit (4)
-    sites: str | None = None  # comma-separated module-name patterns; None: Linear and Conv
-    # estimator
-    guess: str = "wperp"
-    tangents: int = 1
-    aggregate: str = "mean"
-    scope: str = "global"
-    jvp: str = "global"  # directional derivative: global | site (one per site, one pass each)
-    chunk_size: int | None = None
-    low_memory: bool = False  # activity guesses: two passes, memory flat in depth
-    rank: int | None = 10  # None (TOML/CLI: "full") = numerical rank
-    solver: str = "randomized"
-    power_iterations: int = 0  # wperp randomized: subspace iterations before the Nystrom apply
-    oversample: int = 6  # wperp randomized: block width beyond the rank (p = k + oversample)
-    gram_dtype: str = "float32"  # wperp randomized: precision of the Gram applies
-    bottom: bool = False
-    sigma: float = 1e-5
-    layers: int = 1
-    sampler: str = "normal"
-    normalize: bool = False
-    angle: float = 45.0
-    max_length: float = 4.0
-    # optimisation
-    epochs: int = 300
-    batch_size: int = 512
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    momentum: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    # bookkeeping
-    checkpoint_every: int = 1
-    probe_every: int = 0  # epochs between gradient probes (probes.jsonl); 0 = never
-    threads: int | None = None  # CPU threads of torch (None: torch's default); recorded per run
-    tensorboard: bool = False  # also log the metrics to RUN_DIR/tensorboard (optional extra)
+class TrainConfig(GuessOptions):
+    """Everything a training run depends on, flat: each field is a TOML key and a flag.
 
-    GUESS_OPTION_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "rank",
-        "solver",
-        "power_iterations",
-        "oversample",
-        "gram_dtype",
-        "bottom",
-        "sigma",
-        "layers",
-        "sampler",
-        "normalize",
-        "angle",
-        "max_length",
+    Each field is declared once, with its section, help and range (:func:`option`); the guess
+    options come from :class:`~forwardgrad.guesses.GuessOptions`, where the guesses declare them.
+    """
+
+    dataset: str = option("mnist1d", "data", "dataset: {choices}")
+    data_dir: str | None = option(
+        None,
+        "data",
+        "folder with real datasets' files",
+        none_means="$FORWARDGRAD_DATA, then ~/.cache/forwardgrad",
+    )
+    augment: bool = option(
+        False, "data", "on-the-fly augmentation for image sets (true/false)"
+    )  # random crop (+ flip for CIFAR)
+    model: str = option("mlp", "model", "model: {choices}")
+    depth: int | None = option(
+        None,
+        "model",
+        "mlp: hidden layers (default 3); vit: encoder blocks (default 6)",
+        minimum=0,
+        zero_means="0: a linear model",
+    )
+    width: int | None = option(
+        None, "model", "mlp: hidden width (default 128); vit: token width (default 256)", minimum=1
+    )
+    bias: bool = option(True, "model", "mlp: use biases (true/false)")
+    norm: str | None = option(
+        None, "model", "resnet18: {choices} (default group; batch needs --jvp batch)"
+    )
+    stem: str | None = option(
+        None, "model", "resnet18: {choices} (default cifar: 3x3/1; imagenet: 7x7/2 + max-pool)"
+    )
+    heads: int | None = option(None, "model", "vit: attention heads (default 4)", minimum=1)
+    mlp_dim: int | None = option(None, "model", "vit: MLP width (default 512)", minimum=1)
+    patch_size: int | None = option(None, "model", "vit: patch size (default 4)", minimum=1)
+    sites: str | None = option(
+        None,
+        "estimator",
+        "where tangents go: module-name patterns, comma-separated "
+        "(e.g. 'layer?,head'; default every Linear and Conv)",
+    )
+    guess: str = option("wperp", "estimator", "gradient guess: {choices}")
+    tangents: int = option(1, "estimator", "tangents per step (k)", minimum=1)
+    aggregate: str = option("mean", "estimator", "how the k JVPs combine: {choices}")
+    scope: str = option(
+        "global", "estimator", "projection scope: {choices} (with --aggregate projection)"
+    )
+    jvp: str = option(
+        "global",
+        "estimator",
+        "{choices}: one JVP per example along all sites' tangents, one per site, "
+        "or one for the whole batch (models that couple examples, e.g. BatchNorm)",
+    )
+    chunk_size: int | None = option(
+        None,
+        "estimator",
+        "push at most this many tangents at once (bounds memory)",
+        minimum=1,
+        or_also="none",
+        none_means="all tangents at once",
+    )
+    low_memory: bool = option(
+        False, "estimator", "activity guesses: redraw tangents in a second pass (true/false)"
+    )
+    optimizer: str = option("adamw", "optimizer", "{choices}")
+    lr: float = option(1e-4, "optimizer", "learning rate (finite, > 0)", rule=positive())
+    weight_decay: float = option(
+        0.01,
+        "optimizer",
+        "weight decay (>= 0)",
+        rule=Rule(lambda v: v >= 0, "a finite number >= 0"),
+    )
+    momentum: float = option(
+        0.0,
+        "optimizer",
+        "SGD momentum in [0, 1) (with --optimizer sgd)",
+        rule=Rule(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    )
+    epochs: int = option(300, "schedule", "training epochs", minimum=1)
+    batch_size: int = option(512, "schedule", "minibatch size", minimum=1)
+    seed: int = option(0, "run", "random seed: model init, shuffling, tangents (0 to 2**31 - 1)")
+    device: str = option("cpu", "run", "torch device: cpu, cuda or cuda:N")
+    checkpoint_every: int = option(1, "run", "epochs between checkpoints", minimum=1)
+    probe_every: int = option(
+        0,
+        "run",
+        "epochs between gradient probes against backprop (0: none)",
+        minimum=0,
+        zero_means="0: no probes",
+    )
+    threads: int | None = option(
+        None,
+        "run",
+        "CPU threads for torch (1: bit-reproducible, see the README)",
+        minimum=1,
+        or_also="none",
+        none_means="torch's, one per core",
+    )
+    tensorboard: bool = option(
+        False, "run", "also log metrics to RUN_DIR/tensorboard (true/false; extra)"
+    )
+
+    GUESS_OPTION_KEYS: typing.ClassVar[tuple[str, ...]] = tuple(
+        f.name for f in dataclasses.fields(GuessOptions)
     )
 
     def guess_options(self) -> dict[str, Any]:
@@ -127,21 +173,32 @@ class TrainConfig:
         """
         _check_types(self)
         _check_ranges(self)
-        _check_numbers(self)
         _check_names(self, skip=("guess",) if custom_guess else ())
         _check_combinations(self)
+        if not custom_guess:
+            _check_guess_options(self)
         _check_device(self.device)
         if self.tensorboard:
             _check_tensorboard_installed()
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key and value, by section (the ``config.json`` of a run)."""
+        return {key: getattr(self, key) for key in field_names()}
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The config's fields by section (in :data:`SECTIONS` order), the guess options last in
+    the estimator section: the order of ``--help``, ``config.json`` and :func:`field_names`."""
+    order = list(SECTIONS)
+    fields = dataclasses.fields(TrainConfig)
+    guess = set(TrainConfig.GUESS_OPTION_KEYS)
+    return sorted(fields, key=lambda f: (order.index(f.metadata["section"]), f.name in guess))
 
 
 def field_names() -> list[str]:
-    """The config keys, in declaration order."""
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    """The config keys, in section order."""
+    return [f.name for f in config_fields()]
 
 
 def _field_types() -> dict[str, Any]:
@@ -184,54 +241,14 @@ def _type_words(key: str, base: type, optional: bool) -> str:
     return words.get(base, base.__name__) + extra
 
 
-_MINIMUMS = {
-    "depth": 0,
-    "width": 1,
-    "heads": 1,
-    "mlp_dim": 1,
-    "patch_size": 1,
-    "tangents": 1,
-    "epochs": 1,
-    "batch_size": 1,
-    "checkpoint_every": 1,
-    "probe_every": 0,
-    "power_iterations": 0,
-    "oversample": 0,
-    "layers": 1,
-    "chunk_size": 1,
-    "rank": 1,
-    "threads": 1,
-}
-_ZERO_MEANS = {"probe_every": " (0: no probes)", "depth": " (0: a linear model)"}
-
-
 def _check_ranges(cfg: TrainConfig) -> None:
-    for key, minimum in _MINIMUMS.items():
-        value = getattr(cfg, key)
-        if value is not None and value < minimum:
-            what = {"chunk_size": " or 'none'", "rank": " or 'full'", "threads": " or 'none'"}
-            raise ConfigError(
-                f"{key} must be >= {minimum}{_ZERO_MEANS.get(key, '')}"
-                f"{what.get(key, '')}; got {value}"
-            )
+    """Integers at or above their minimum; floats finite and inside their rule."""
+    for f in config_fields():
+        error = number_error(f.name, f, getattr(cfg, f.name))
+        if error:
+            raise ConfigError(error)
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}; got {cfg.seed}")
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Floats must be finite and inside the range where they mean something."""
-    rules = {
-        "lr": (lambda v: v > 0, "a finite number > 0"),
-        "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
-        "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-        "sigma": (lambda v: v > 0, "a finite number > 0"),
-        "angle": (lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
-        "max_length": (lambda v: v >= 1, "a finite number >= 1"),
-    }
-    for key, (ok, allowed) in rules.items():
-        value = getattr(cfg, key)
-        if not (math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{key} must be {allowed}; got {value!r}")
 
 
 def choices() -> dict[str, list[str]]:
@@ -280,13 +297,15 @@ def read_options(cfg: TrainConfig) -> set[str]:
 
     if cfg.guess not in GUESSES:  # an estimator_factory's estimator: its options are its own
         return set(OPTION_KEYS)
-    keys = set(GUESSES[cfg.guess].options) & set(TrainConfig.GUESS_OPTION_KEYS)
+    keys = set(GUESSES[cfg.guess].option_names) & set(TrainConfig.GUESS_OPTION_KEYS)
     if cfg.sampler != "angle":
         keys.discard("angle")
     if cfg.sampler != "varying-length":
         keys.discard("max_length")
     if cfg.solver == "svd":  # the exact solver has no block, iterations or Gram precision
         keys -= {"oversample", "power_iterations", "gram_dtype"}
+    if cfg.solver != "newton-schulz":
+        keys.discard("ns_refresh")
     if cfg.aggregate == "projection":
         keys.add("scope")
     if cfg.optimizer == "sgd":
@@ -319,10 +338,14 @@ def _why_unread(cfg: TrainConfig, keys: list[str]) -> str:
     if cfg.guess == "wperp" and cfg.solver == "svd":
         for k in ("oversample", "power_iterations", "gram_dtype"):
             special[k] = f"{k} applies to wperp's randomized and newton-schulz solvers, not svd"
+    if cfg.guess == "wperp" and cfg.solver != "newton-schulz":
+        special["ns_refresh"] = (
+            f"ns_refresh applies to wperp's newton-schulz solver only (solver is {cfg.solver!r})"
+        )
     clauses = [special[k] for k in keys if k in special]
     by_guess = [k for k in keys if k not in special]
     if by_guess:
-        reads = sorted(set(GUESSES[cfg.guess].options) & set(TrainConfig.GUESS_OPTION_KEYS))
+        reads = sorted(set(GUESSES[cfg.guess].option_names) & set(TrainConfig.GUESS_OPTION_KEYS))
         what = ("only " + ", ".join(reads)) if reads else "none of the guess options"
         clauses.insert(0, f"guess {cfg.guess!r} reads {what}, not {', '.join(by_guess)}")
     return "; ".join(clauses)
@@ -361,8 +384,17 @@ def _check_combinations(cfg: TrainConfig) -> None:
             f"{given} would be ignored: {_why_unread(cfg, unread)}; leave "
             f"{'it' if len(unread) == 1 else 'them'} out"
         )
-    # Constraints within one guess's options (rank 'full' needs solver 'svd', ...) are the
-    # guess's own; train() meets them when it builds the estimator, before writing anything.
+
+
+def _check_guess_options(cfg: TrainConfig) -> None:
+    """The guess's own constraints on its options (rank 'full' needs solver 'svd', ...): the
+    guess checks them when it is made, so make it now, before anything is loaded or written."""
+    from .guesses import make_guess
+
+    try:
+        make_guess(cfg.guess, GuessOptions(**cfg.guess_options()))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_device(device: str) -> None:
@@ -463,7 +495,11 @@ def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """The top-level keys of a TOML config file (tables are refused)."""
+    """The keys of a TOML config file, flat.
+
+    Keys may sit at the top level or in a table named by their section (``[optimizer]``
+    ``lr = 1e-3``); a key in another section's table, or a table of no section, is refused.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist (or is not a file)")
@@ -473,12 +509,34 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        items = _section_items(p, key, value) if isinstance(value, dict) else {key: value}
+        for k, v in items.items():
+            if k in flat:
+                raise ConfigError(f"config file {str(p)!r} sets {k!r} twice")
+            flat[k] = v
+    return flat
+
+
+def _section_items(path: Path, section: str, table: dict[str, Any]) -> dict[str, Any]:
+    """A ``[section]`` table's keys, each checked to belong to that section."""
+    if section not in SECTIONS:
+        raise ConfigError(
+            f"config file {str(path)!r}: unknown table [{section}]; tables are the sections "
+            f"{', '.join(SECTIONS)} (or put the keys at top level)"
+        )
+    sections = {f.name: f.metadata["section"] for f in config_fields()}
+    for key in table:
+        if isinstance(table[key], dict):
+            raise ConfigError(f"config file {str(path)!r}: [{section}] {key!r} is a table")
+        if key not in sections:
+            raise ConfigError(_unknown_key_message(key, list(sections)))
+        if sections[key] != section:
             raise ConfigError(
-                f"config file {str(p)!r}: tables are not used; put {key!r}'s keys at top level"
+                f"config file {str(path)!r}: {key!r} belongs to [{sections[key]}], not [{section}]"
             )
-    return data
+    return table
 
 
 # ------------------------------------------------------------------------------- guess specs

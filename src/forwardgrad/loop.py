@@ -74,6 +74,7 @@ class Session:
     tensorboard: Any = None
     progress: bool = True
     custom_guess: bool = False  # built by an estimator_factory
+    callbacks: list = field(default_factory=list)  # a caller's, after the standard ones
     tensors: tuple[Tensor, Tensor, Tensor, Tensor] = ()  # x/y train, x/y test, on the device
 
 
@@ -148,62 +149,78 @@ def save_state(run: Session, epoch: int) -> None:
     run.checkpoint_epoch = epoch
 
 
+# -------------------------------------------------------------------------- the callbacks
+
+
+class Callback:
+    """Something the loop calls after every step and at the end of every epoch.
+
+    ``after_step`` sees the step's loss before the optimizer applies its ``.grad``;
+    ``after_epoch`` sees the epoch's metrics row (``run.rows[-1]`` once :class:`MetricsLog`
+    has run). Callbacks run in the order given; any of them may stop the run by raising.
+    """
+
+    def after_step(self, run: Session, loss: Tensor) -> None:
+        pass
+
+    def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        pass
+
+
+class DivergenceGuard(Callback):
+    """Stop at the first non-finite loss or gradient estimate, naming the step."""
+
+    def after_step(self, run: Session, loss: Tensor) -> None:
+        if not math.isfinite(float(loss)):
+            raise TrainingDiverged(run.epoch, run.step, "the loss", run.checkpoint_epoch)
+        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+        if not _all_finite(grads):
+            what = "the gradient estimate"
+            raise TrainingDiverged(run.epoch, run.step, what, run.checkpoint_epoch)
+
+    def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        if not math.isfinite(row["train_loss"]):
+            raise TrainingDiverged(run.epoch, run.step, "the training loss", run.checkpoint_epoch)
+
+
+class MetricsLog(Callback):
+    """The epoch's row into ``metrics.jsonl`` (and TensorBoard, when the run logs there)."""
+
+    def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        run.rows.append(row)
+        write_jsonl(run.out / "metrics.jsonl", run.rows)
+        if run.tensorboard is not None:
+            run.tensorboard.log(row)
+
+
+class Probes(Callback):
+    """A gradient probe every ``probe_every`` epochs, before the checkpoint (which saves the
+    probe estimator's generator)."""
+
+    def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        if run.probe_estimator is not None and run.epoch % run.cfg.probe_every == 0:
+            run_probe(run, run.epoch)
+
+
+class Checkpoints(Callback):
+    """A checkpoint every ``checkpoint_every`` epochs and at the last one."""
+
+    def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        if run.epoch % run.cfg.checkpoint_every == 0 or run.epoch == run.cfg.epochs:
+            save_state(run, run.epoch)
+
+
+def standard_callbacks() -> list[Callback]:
+    """What every run does, in order: guard, log, probe, checkpoint."""
+    return [DivergenceGuard(), MetricsLog(), Probes(), Checkpoints()]
+
+
 # ------------------------------------------------------------------------------- the loop
 
 
-def _train_epoch(run: Session, epoch: int) -> None:
-    cfg, data = run.cfg, run.data
-    x_train, y_train = run.tensors[:2]
-    order = torch.randperm(len(x_train), generator=run.shuffle).to(run.device)
-    run.model.train()
-    for start in range(0, len(x_train), cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
-        try:
-            loss = run.estimator.step(data.features(x_train[idx], True, run.augment), y_train[idx])
-        except (RuntimeError, MemoryError) as e:
-            if is_allocation_failure(e):
-                raise _out_of_memory(cfg, e) from None
-            raise
-        run.step += 1
-        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
-        if not math.isfinite(float(loss)):
-            raise TrainingDiverged(epoch, run.step, "the loss", run.checkpoint_epoch)
-        if not _all_finite(grads):
-            raise TrainingDiverged(epoch, run.step, "the gradient estimate", run.checkpoint_epoch)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-
-
-def _end_epoch(run: Session, epoch: int, seconds: float) -> dict:
-    cfg, data, model = run.cfg, run.data, run.model
-    run.elapsed += seconds
-    model.eval()
-    x_train, y_train, x_test, y_test = run.tensors
-    train_loss, train_acc = evaluate(model, x_train, y_train, features=data.features)
-    test_loss, test_acc = evaluate(model, x_test, y_test, features=data.features)
-    if not math.isfinite(train_loss):
-        raise TrainingDiverged(epoch, run.step, "the training loss", run.checkpoint_epoch)
-    row = {
-        "epoch": epoch,
-        "step": run.step,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "seconds": seconds,
-    }
-    run.rows.append(row)
-    write_jsonl(run.out / "metrics.jsonl", run.rows)
-    if run.tensorboard is not None:
-        run.tensorboard.log(row)
-    if run.probe_estimator is not None and epoch % cfg.probe_every == 0:
-        run_probe(run, epoch)  # before the checkpoint, which saves its generator
-    if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-        save_state(run, epoch)
-    return row
-
-
-def run_epochs(run: Session) -> None:
+def fit(run: Session, callbacks: list[Callback]) -> None:
+    """Train ``run`` from ``run.start_epoch`` to ``cfg.epochs``: each epoch, one estimator step
+    per minibatch, then the evaluation row, handed to every callback."""
     cfg = run.cfg
     bar = _progress(
         range(run.start_epoch, cfg.epochs),
@@ -215,14 +232,60 @@ def run_epochs(run: Session) -> None:
     for index in bar:
         run.epoch = index + 1
         t0 = time.perf_counter()
-        _train_epoch(run, run.epoch)
-        row = _end_epoch(run, run.epoch, time.perf_counter() - t0)
+        for x, y in _batches(run):
+            loss = _step(run, x, y)
+            run.step += 1
+            for callback in callbacks:
+                callback.after_step(run, loss)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        run.elapsed += seconds
+        row = _evaluation_row(run, seconds)
+        for callback in callbacks:
+            callback.after_epoch(run, row)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(
                 loss=f"{row['train_loss']:.3f}",
                 train=f"{row['train_acc']:.3f}",
                 test=f"{row['test_acc']:.3f}",
             )
+
+
+def _batches(run: Session):
+    """One epoch's shuffled minibatches, as model inputs (augmented when the run augments)."""
+    x_train, y_train = run.tensors[:2]
+    order = torch.randperm(len(x_train), generator=run.shuffle).to(run.device)
+    run.model.train()
+    for start in range(0, len(x_train), run.cfg.batch_size):
+        idx = order[start : start + run.cfg.batch_size]
+        yield run.data.features(x_train[idx], True, run.augment), y_train[idx]
+
+
+def _step(run: Session, x: Tensor, y: Tensor) -> Tensor:
+    """One estimator step (fills ``.grad``); an allocation failure says what to lower."""
+    try:
+        return run.estimator.step(x, y)
+    except (RuntimeError, MemoryError) as e:
+        if is_allocation_failure(e):
+            raise _out_of_memory(run.cfg, e) from None
+        raise
+
+
+def _evaluation_row(run: Session, seconds: float) -> dict[str, Any]:
+    run.model.eval()
+    x_train, y_train, x_test, y_test = run.tensors
+    train_loss, train_acc = evaluate(run.model, x_train, y_train, features=run.data.features)
+    test_loss, test_acc = evaluate(run.model, x_test, y_test, features=run.data.features)
+    return {
+        "epoch": run.epoch,
+        "step": run.step,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "seconds": seconds,
+    }
 
 
 def write_summary(run: Session, status: str, failure: dict | None) -> dict:

@@ -17,7 +17,7 @@ removes what it wrote; one that diverges keeps its ``summary.json`` saying where
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,12 @@ from .environment import environment, torch_threads
 from .estimation import Estimator
 from .io import write_json
 from .loop import (
+    Callback,
     Session,
     evaluate,
+    fit,
     restore,
-    run_epochs,
+    standard_callbacks,
     start_fresh,
     write_summary,
 )
@@ -272,6 +274,7 @@ def train(
     data: Dataset | None = None,
     epochs: int | None = None,
     estimator_factory: EstimatorFactory | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train with ``cfg`` into ``out_dir`` (which must hold no other run).
 
@@ -281,7 +284,8 @@ def train(
     :class:`~forwardgrad.resume.ResumeRefused`. ``epochs`` sets the epochs to train to (on
     resume: extends the run). ``estimator_factory`` builds the training (and probe) estimator
     instead of :func:`build_estimator`, for estimators that are no registered guess; such a run
-    must be resumed with the same factory.
+    must be resumed with the same factory. ``callbacks`` run after the standard ones (divergence
+    guard, metrics, probes, checkpoints) at every step and epoch, see :class:`~.loop.Callback`.
 
     Raises :class:`TrainingDiverged` (after writing ``summary.json``), :class:`RunInterrupted`
     on Ctrl-C, :class:`StepOutOfMemory`, and :class:`~forwardgrad.config.ConfigError`,
@@ -306,6 +310,7 @@ def train(
             check_same_data(record, data.summary(), out)
         run = _build_run(cfg, data, out, estimator_factory)
         run.custom_guess = custom
+        run.callbacks = list(callbacks)
         _check_run(run)
         return _train_in_folder(run, record, progress)
 
@@ -404,7 +409,7 @@ def _train_and_finish(run: Session) -> RunResult:
 
         run.tensorboard = TensorBoardLog(run.out, run.start_epoch)
     try:
-        run_epochs(run)
+        fit(run, [*standard_callbacks(), *run.callbacks])
     except TrainingDiverged as e:
         failure = {"epoch": e.epoch, "step": e.step, "what": e.what, "message": str(e)}
         write_summary(run, "diverged", failure)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Guess, GuessOptions
+from .base import Guess
 from .downstream import Downstream, SelfSharpening
 from .isotropic import ActivationPerturbation, MaskedActivationPerturbation, WeightPerturbation
 from .jacobian import Preconditioned, WPerp, WTranspose
 from .mixing import ActivationMixing
+from .options import GuessOptions
 
 
 class Backprop(Guess):
@@ -15,7 +16,7 @@ class Backprop(Guess):
     name = "backprop"
     summary = "the exact gradient by backpropagation (oracle and baseline)"
     paper = "Rumelhart et al. 1986"
-    options: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ()
     space = "exact"
 
 

@@ -15,33 +15,13 @@ and ``layout.widths`` (activity size per example of each call).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from ..core.context import SiteContext
 from ..core.samplers import SAMPLERS, sample_tangents
 from ..core.sites import ModelNotSupportedError
-
-
-@dataclass
-class GuessOptions:
-    """Every option any guess reads; each guess documents the ones it uses."""
-
-    rank: int | None = 10  # wperp: k kept singular directions; None = numerical rank of W~
-    solver: str = "randomized"  # wperp: "randomized" (default) | "svd" (exact) | "newton-schulz"
-    bottom: bool = False  # wperp: keep the k smallest singular directions (ablation)
-    sigma: float = 1e-5  # preconditioned: regulariser of W~^T W~
-    layers: int = 1  # downstream: number of downstream layers in the local VJP
-    sampler: str = "normal"  # isotropic guesses: tangent sampler
-    normalize: bool = False  # isotropic guesses: unit-norm tangents
-    angle: float = 45.0  # sampler "angle": degrees to the base tangent
-    max_length: float = 4.0  # sampler "varying-length": L
-    oversample: int = 6  # wperp randomized: block width beyond the rank (p = k + oversample)
-    power_iterations: int = 0  # wperp randomized: subspace iterations before the Nystrom apply
-    gram_dtype: str = "float32"  # wperp randomized: precision of the Gram applies (or bfloat16)
-    ns_refresh: int = 50  # wperp newton-schulz: steps between sigma_k estimates
+from .options import GuessOptions
 
 
 class Guess:
@@ -50,7 +30,7 @@ class Guess:
     name: str = ""
     summary: str = ""
     paper: str = ""
-    options: tuple[str, ...] = ()  # the GuessOptions fields this guess reads
+    option_names: tuple[str, ...] = ()  # the GuessOptions fields this guess reads
     space: str = "activity"  # "activity" | "weight"
     isotropic: bool = False  # uses the tangent samplers
     needs_next_layer: bool = False

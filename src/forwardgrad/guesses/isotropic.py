@@ -16,7 +16,7 @@ class WeightPerturbation(Guess):
     name = "weight"
     summary = "weight perturbation (directional descent): V ~ N(0, I) on all parameters; unbiased"
     paper = "Baydin et al. 2022; Singhal et al. 2023"
-    options: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
+    option_names: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
     space = "weight"
     isotropic = True
 
@@ -47,7 +47,7 @@ class ActivationPerturbation(IsotropicActivityGuess):
     name = "activation"
     summary = "activation perturbation: u ~ N(0, I) per example at every pre-activation; unbiased"
     paper = "Ren et al. 2022; Singhal et al. 2023"
-    options: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
+    option_names: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         return self._slice(ctx, k, generator)
@@ -64,7 +64,7 @@ class MaskedActivationPerturbation(IsotropicActivityGuess):
     name = "activation-masked"
     summary = "masked activation perturbation: u = M_i eps, M_i = [phi'(s_i) != 0]; unbiased"
     paper = "Singhal et al. 2023"
-    options: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
+    option_names: tuple[str, ...] = ("sampler", "normalize", "angle", "max_length")
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         u = self._slice(ctx, k, generator)

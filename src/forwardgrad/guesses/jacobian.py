@@ -43,7 +43,7 @@ class WTranspose(Guess):
     name = "wt"
     summary = "W^T: u = M_i W_{i+1}^T eps per example; biased, (W~^T W~ - I) g"
     paper = "Singhal et al. 2023"
-    options: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ()
     needs_next_layer = True
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
@@ -70,7 +70,7 @@ class WPerp(Guess):
         "bias -(I - V_k V_k^T) g"
     )
     paper = "Wang, Markou & Campbell 2025"
-    options: tuple[str, ...] = (
+    option_names: tuple[str, ...] = (
         "rank",
         "solver",
         "bottom",
@@ -198,7 +198,7 @@ class Preconditioned(Guess):
         "W~P: (W~_s^T W~_s)^(-1/2) W~_s^T eps (sigma = 1e-5); unbiased when d_{i+2} >= d_{i+1}"
     )
     paper = "Wang, Markou & Campbell 2025"
-    options: tuple[str, ...] = ("sigma",)
+    option_names: tuple[str, ...] = ("sigma",)
     needs_next_layer = True
 
     def __init__(self, options=None) -> None:

@@ -23,7 +23,7 @@ class ActivationMixing(Guess):
         "activation mixing: u = M_i * (random mixture of the batch's activations x_{i+1}); biased"
     )
     paper = "Singhal et al. 2023"
-    options: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ()
     needs_next_layer = True  # needs M_i, which only elementwise followers give
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
