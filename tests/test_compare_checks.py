@@ -32,7 +32,7 @@ def test_an_option_in_a_spec_that_its_guess_ignores_is_refused():
 
 def test_a_late_bad_guess_fails_before_the_good_one_trains(tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr("forwardgrad.compare.train", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("forwardgrad.ensure.train", lambda *a, **k: trained.append(a))
     with pytest.raises(ValueError, match="sampler 'orthonormal' draws at most"):
         compare(base(), ["wt", "activation:sampler=orthonormal:tangents=50"], 2, tmp_path / "c")
     assert trained == [] and not (tmp_path / "c").exists()

@@ -18,7 +18,6 @@ import re
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import (
@@ -27,14 +26,13 @@ from .config import (
     ConfigError,
     TrainConfig,
     config_for_guess,
-    field_names,
     parse_guess_spec,
     read_options,
 )
+from .ensure import RunPlan, carry_out, plan_run
 from .io import write_text
-from .resume import RESUME_FIELDS, config_from_saved, read_config, read_summary
-from .runfolder import RunLock, check_out_dir, discard_run, run_files
-from .train import TrainingDiverged, preflight, train
+from .runfolder import RunLock, check_out_dir
+from .train import preflight
 
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 
@@ -42,15 +40,6 @@ METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 def run_dir_name(spec: str) -> str:
     """The folder name ``compare()`` gives a guess spec's runs (``OUT/<name>/seed<s>``)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec)
-
-
-@dataclass
-class _Task:
-    spec: str
-    cfg: TrainConfig
-    run_dir: Path
-    resume: bool = False
-    summary: dict | None = None  # a finished run's, reused as is
 
 
 # ------------------------------------------------------------------------------ checking
@@ -105,60 +94,15 @@ def _refuse_unread_by_all(base: TrainConfig, configs: list[tuple[str, TrainConfi
         raise ConfigError(f"{given}: read by none of the guesses ({names}); leave it out")
 
 
-def _same_settings(saved: dict, cfg: TrainConfig, where: Path) -> list[str]:
-    """The keys (not counting those a resume may change) where a saved run differs."""
-    have = config_from_saved(saved, where)
-    return [
-        k for k in field_names() if k not in RESUME_FIELDS and getattr(have, k) != getattr(cfg, k)
-    ]
-
-
-def _plan(spec: str, cfg: TrainConfig, run_dir: Path) -> _Task:
-    """What to do with one run folder: reuse, extend, resume or start it."""
-    task = _Task(spec, cfg, run_dir)
-    held = run_files(run_dir)
-    if not held:
-        return task
-    summary = read_summary(run_dir)
-    saved = (summary or {}).get("config") or (
-        read_config(run_dir) if "config.json" in held else None
-    )
-    if saved is None:
-        raise ConfigError(f"{run_dir} holds files of a run without its config; remove it")
-    differ = _same_settings(saved, cfg, run_dir / "config.json")
-    if differ:
-        raise ConfigError(
-            f"{run_dir} holds a run with other settings ({', '.join(differ)}); remove it or "
-            "choose another --out"
-        )
-    has_checkpoint = "checkpoint.pt" in held
-    done = (summary or {}).get("epochs_completed", 0)
-    if summary and summary.get("status") == "diverged":
-        task.summary = summary
-    elif summary and summary.get("status") == "completed" and done == cfg.epochs:
-        task.summary = summary
-    elif summary and summary.get("status") == "completed" and not has_checkpoint:
-        raise ConfigError(
-            f"{run_dir} holds a finished run of {done} epochs and no checkpoint to continue "
-            f"it to {cfg.epochs}; remove it or choose another --out"
-        )
-    elif done > cfg.epochs:
-        raise ConfigError(
-            f"{run_dir} holds a run of {done} epochs, past the {cfg.epochs} asked for; "
-            "remove it or choose another --out"
-        )
-    else:
-        task.resume = has_checkpoint
-    return task
-
-
-def _tasks(configs: list[tuple[str, TrainConfig]], seeds: int, out: Path) -> list[_Task]:
+def _tasks(
+    configs: list[tuple[str, TrainConfig]], seeds: int, out: Path
+) -> list[tuple[str, RunPlan]]:
+    """Every (spec, plan) of the comparison, each folder checked before anything trains."""
     tasks = []
     for spec, cfg in configs:
         for seed in range(cfg.seed, cfg.seed + seeds):
             seeded = dataclasses.replace(cfg, seed=seed).validate()
-            run_dir = out / run_dir_name(spec) / f"seed{seed}"
-            tasks.append(_plan(spec, seeded, run_dir))
+            tasks.append((spec, plan_run(seeded, out / run_dir_name(spec) / f"seed{seed}")))
     return tasks
 
 
@@ -173,33 +117,23 @@ def _preflight_all(configs: list[tuple[str, TrainConfig]]) -> None:
 # ------------------------------------------------------------------------------ training
 
 
-def _run_one(args: tuple[TrainConfig, str, bool, bool, int]) -> dict:
-    cfg, out_dir, resume, progress, threads = args
-    if threads and cfg.threads is None:
-        cfg = dataclasses.replace(cfg, threads=threads)
-    try:
-        return train(cfg, out_dir, resume=resume, progress=progress).summary
-    except TrainingDiverged:
-        summary = read_summary(out_dir)
-        assert summary is not None  # train() writes it before raising
-        return summary
+def _run_one(args: tuple[RunPlan, bool, int]) -> dict:
+    plan, progress, threads = args
+    if threads and plan.cfg.threads is None:
+        plan = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, threads=threads))
+    return carry_out(plan, progress)
 
 
-def _train_all(tasks: list[_Task], jobs: int, progress: bool) -> None:
-    todo = [t for t in tasks if t.summary is None]
-    for t in todo:
-        if not t.resume and run_files(t.run_dir):
-            # A run of these settings that never finished an epoch: nothing in it to keep.
-            with RunLock(t.run_dir):
-                discard_run(t.run_dir, created=False)
+def _train_all(plans: list[RunPlan], jobs: int, progress: bool) -> list[dict]:
+    """Every plan's summary, training ``jobs`` runs at a time."""
     threads = 0 if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
-    work = [(t.cfg, str(t.run_dir), t.resume, progress and jobs == 1, threads) for t in todo]
+    todo = [p.action != "reuse" for p in plans]
+    work = [(p, progress and jobs == 1, threads) for p, t in zip(plans, todo) if t]
     if jobs > 1 and len(work) > 1:
-        results = _in_parallel(work, jobs)
+        trained = iter(_in_parallel(work, jobs))
     else:
-        results = [_run_one(w) for w in work]
-    for t, summary in zip(todo, results):
-        t.summary = summary
+        trained = iter([_run_one(w) for w in work])
+    return [next(trained) if t else p.summary for p, t in zip(plans, todo)]
 
 
 def _ignore_sigint() -> None:
@@ -284,13 +218,14 @@ def compare(
     tasks = _tasks(configs, seeds, out)
     _preflight_all(configs)
     with RunLock(out):
-        _train_all(tasks, jobs, progress)
-        rows = [_row(spec, [t.summary for t in tasks if t.spec == spec]) for spec, _ in configs]
+        summaries = _train_all([plan for _, plan in tasks], jobs, progress)
+        by_spec = list(zip([spec for spec, _ in tasks], summaries))
+        rows = [_row(spec, [s for t, s in by_spec if t == spec]) for spec, _ in configs]
         _write_csv(rows, out / "summary.csv")
         if plot:
             from .plot import plot_groups
 
-            groups = {spec: [t.run_dir for t in tasks if t.spec == spec] for spec, _ in configs}
+            groups = {spec: [p.run_dir for t, p in tasks if t == spec] for spec, _ in configs}
             plot_groups(groups, out / "curves.png", title=f"{base.dataset}: {seeds} seed(s)")
     return rows
 
