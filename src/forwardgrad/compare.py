@@ -32,6 +32,7 @@ from .config import (
 from .ensure import RunPlan, carry_out, plan_run
 from .io import write_text
 from .runfolder import RunLock, check_out_dir
+from .stats import finite_mean_std
 from .train import preflight
 
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -160,24 +161,15 @@ def _in_parallel(work: list[tuple], jobs: int) -> list[dict]:
 # ------------------------------------------------------------------------------- the table
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    mean = sum(vals) / len(vals)
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def _row(spec: str, runs: list[dict]) -> dict:
     completed = [r for r in runs if r.get("status") == "completed"]
     diverged = [r for r in runs if r.get("status") == "diverged"]
     row: dict = {"guess": spec, "seeds": len(runs), "completed": len(completed)}
     for m in METRICS:
-        mean, std = _mean_std([r["final"][m] for r in completed if r.get("final")])
+        mean, std = finite_mean_std([r["final"][m] for r in completed if r.get("final")])
         row[f"{m}_mean"], row[f"{m}_std"] = mean, std
     minutes = [r.get("train_seconds", math.nan) / 60 for r in completed]
-    row["minutes_per_run"] = _mean_std(minutes)[0]
+    row["minutes_per_run"] = finite_mean_std(minutes)[0]
     row["diverged"] = len(diverged)
     row["diverged_at"] = "; ".join(
         f"seed {r['seed']}: epoch {(r.get('failure') or {}).get('epoch')}, "

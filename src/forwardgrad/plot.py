@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .io import atomic_write, read_jsonl
 from .resume import RESUME_FIELDS, read_config
+from .stats import finite_mean_std
 
 PANELS = (
     ("train_acc", "train accuracy"),
@@ -71,11 +72,9 @@ def _mean_band(series: list[dict[int, float]]) -> tuple[list[int], list[float], 
     epochs = sorted({e for s in series for e in s})
     means, stds = [], []
     for e in epochs:
-        vals = [s[e] for s in series if e in s and math.isfinite(s[e])]
-        mean = sum(vals) / len(vals) if vals else math.nan
-        var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+        mean, std = finite_mean_std(s[e] for s in series if e in s)
         means.append(mean)
-        stds.append(math.sqrt(var))
+        stds.append(0.0 if math.isnan(std) else std)
     return epochs, means, stds
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..io import atomic_write, write_json, write_text
+from ..stats import mean_and_se
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -148,16 +149,6 @@ def summary_line(result: ExperimentResult) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Statistics helpers shared by experiments
-
-
-def mean_and_se(values: Sequence[float] | np.ndarray) -> tuple[float, float | None]:
-    """Mean and its standard error (None for a single value)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return math.nan, None
-    if x.size == 1:
-        return float(x[0]), None
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
 
 
 def describe_sample(values: np.ndarray) -> dict[str, float]:
