@@ -22,6 +22,7 @@ from .fig4_sphere import SPHERE_LOG10_FLOOR, sphere_expected_log10
 
 
 def cell_path(out_dir: Path, function: str, n: int, method: str, k: int | None) -> Path:
+    """Where one cell's sweep is cached."""
     return out_dir / "cells" / function / f"n{n}-{method_label(method, k)}.json"
 
 

@@ -429,7 +429,7 @@ def run_tangents_mlp(
     )
 
 
-EXPERIMENT_MLP = register(
+register(
     Experiment(
         name="tangents-mlp",
         paper=PAPER,

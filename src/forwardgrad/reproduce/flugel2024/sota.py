@@ -323,7 +323,7 @@ def run_tangents_sota(
     )
 
 
-EXPERIMENT_SOTA = register(
+register(
     Experiment(
         name="tangents-sota",
         paper=PAPER,
