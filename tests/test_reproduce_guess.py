@@ -16,7 +16,7 @@ from forwardgrad.guesses.jacobian import WTranspose
 from forwardgrad.io import read_jsonl
 from forwardgrad.models import mlp
 from forwardgrad.reproduce import guess as g
-from forwardgrad.reproduce.multitangent import projection_cosine
+from forwardgrad.reproduce.flugel2024.expected_cosine import projection_cosine
 from forwardgrad.train import train
 
 

@@ -19,12 +19,10 @@ from .registry import (
 from .report import ExperimentResult, Plot, Row, Tolerance
 
 # Experiment modules register themselves on import.
-from . import multitangent  # noqa: E402, F401  isort: skip
+from .flugel2024 import fig3_quality, fig5_angle  # noqa: E402, F401  isort: skip
 from . import wperp  # noqa: E402, F401  isort: skip
 from . import guess  # noqa: E402, F401  isort: skip
-from . import multitangent_training  # noqa: E402, F401  isort: skip
-from . import tangents_mlp  # noqa: E402, F401  isort: skip
-from . import tangents_sota  # noqa: E402, F401  isort: skip
+from .flugel2024 import fig4_functions, mlp, sota  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "BUDGETS",

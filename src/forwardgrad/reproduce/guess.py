@@ -59,7 +59,7 @@ from ..guesses import Guess
 from ..guesses.base import isotropic_site_tangents
 from ..io import read_jsonl, write_jsonl
 from ..train import EstimatorFactory, TrainingDiverged, build_model, probe_batch, train
-from .multitangent import gaussian_sum_cosine, projection_cosine
+from .flugel2024.expected_cosine import gaussian_sum_cosine, projection_cosine
 from .registry import Experiment, register
 from .report import ExperimentResult, Plot, Row, Tolerance, draw_curve, mean_and_se, new_figure
 

@@ -20,7 +20,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .report import Row
+from ..report import Row
+from .common import find_record
 
 CLEAR_STANDARD_ERRORS = 2.0
 
@@ -42,7 +43,8 @@ def held_criterion() -> str:
     )
 
 
-def method_label(method: str, k: int | None) -> str:
+def claim_label(method: str, k: int | None) -> str:
+    """``mean k=4``: how a comparison names a method."""
     return method if k is None else f"{method} k={k}"
 
 
@@ -67,21 +69,14 @@ def compare(better: dict[str, Any], worse: dict[str, Any]) -> dict[str, Any]:
         se = math.hypot(se_a, se_b) if se_a is not None and se_b is not None else None
     clear = None if se is None else abs(difference) > CLEAR_STANDARD_ERRORS * se
     return {
-        "better": method_label(better["method"], better["tangents"]),
-        "worse": method_label(worse["method"], worse["tangents"]),
+        "better": claim_label(better["method"], better["tangents"]),
+        "worse": claim_label(worse["method"], worse["tangents"]),
         "difference": difference,
         "se": se,
         "held": held,
         "clear": clear,
         "test_acc_difference": better["test_acc"]["mean"] - worse["test_acc"]["mean"],
     }
-
-
-def _find(records: Sequence[dict[str, Any]], model: str, method: str, k: int | None):
-    for r in records:
-        if (r["model"], r["method"], r["tangents"]) == (model, method, k):
-            return r
-    return None
 
 
 def _ks(methods: Sequence[tuple[str, int | None]], method: str) -> list[int]:
@@ -103,7 +98,7 @@ def _orderings(
     """(ordering, [(better, worse), ...]) pairs of records for one model."""
 
     def find(method: str, k: int | None):
-        return _find(records, model, method, k)
+        return find_record(records, model=model, method=method, tangents=k)
 
     mean_ks, projection_ks = _ks(methods, "mean"), _ks(methods, "projection")
     orderings = [

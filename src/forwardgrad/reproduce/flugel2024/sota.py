@@ -2,213 +2,55 @@
 
 ``tangents-sota``: ResNet-18 (ImageNet stem on 1-channel images, GroupNorm in place of the
 paper's BatchNorm) and the paper's small ViT, trained with plain SGD at the authors' learning
-rates (``data/tangents_sota_lrs.json``, from their ``lrs/sota_nns.csv``) by backprop, by the
+rates (``data/sota_authors.json``, from their ``lrs/sota_nns.csv``) by backprop, by the
 mean of k activity-perturbation forward gradients (k ∈ {1, 2, 4, 16}) and by their orthogonal
 projection (FROG, k ∈ {2, 4, 16}). Tangents sit on the block outputs, as frog places them.
 Full MNIST is not available offline; the embedded 5000-image subset ``mnist5k`` stands in.
 
 The paper prints no number for §4.5 (the reference digest found none), so the *paper* column
 is 'not reported'; the orderings the paper states are checked instead
-(:mod:`.tangents_sota_claims`). Runs live under ``OUT/runs`` and are reused or resumed.
+(:mod:`.sota_claims`). Runs live under ``OUT/runs`` and are reused or resumed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import TrainConfig
-from ..data import Dataset, load_dataset
-from .multitangent import PAPER
-from .multitangent_training import (
-    _compute_note,
-    _k_label,
-    _mean_and_se_or_nan,
-    _method_label,
-    _seed_list,
-    _short,
-    torch_threads,
+from ...config import TrainConfig
+from ...data import Dataset, load_dataset
+from ..registry import Experiment, register
+from ..report import ExperimentResult, Plot, Row
+from .common import PAPER, compute_note, method_label, seed_range, torch_threads
+from .network_runs import (
+    method_labels,
+    method_record,
+    run_curve,
+    train_or_reuse,
+    training_seconds,
+    value_summary,
 )
-from .registry import Experiment, register
-from .report import ExperimentResult, Plot, Row
-from .tangents_mlp import MLP_METHODS, _train_once, effective_lr, run_curve
-from .tangents_sota_claims import (
-    MODEL_NAMES,
-    claim_rows,
-    held_criterion,
-    paper_claims,
-    summary_lines,
+from .sota_claims import MODEL_NAMES, claim_rows, held_criterion, paper_claims, summary_lines
+from .sota_plots import draw_curves, draw_final
+from .sota_setup import (
+    AUTHORS_SOTA,
+    BUDGETS,
+    EPOCH_SECONDS_MEASURED,
+    FROG_PERTURBED_DIMENSION,
+    LR_SOURCE,
+    MNIST_TRAIN_EXAMPLES,
+    SITES,
+    STEP_SECONDS_MEASURED,
+    SotaBudget,
+    authors_lr,
+    estimated_hours,
+    sota_config,
+    steps_per_run,
 )
-from .tangents_sota_plots import draw_curves, draw_final
-
-LR_TABLE_PATH = Path(__file__).parent / "data" / "tangents_sota_lrs.json"
-
-# The paper's grid of §4.4, kept for §4.5: backprop, the mean of k ∈ {1, 2, 4, 16} and the
-# projection of k ∈ {2, 4, 16}.
-METHODS = MLP_METHODS
-
-# Tangents on the block outputs, as frog's node perturbation places them (module names checked
-# with Estimator.describe()).
-SITES = {
-    "resnet18": "stem,layer1,layer2,layer3,layer4,head",
-    "vit": "embed,blocks.*,norm,head",
-}
-
-# frog's perturbed dimension n on MNIST (digest §2.4): the ResNet's six groups are ours; its
-# ViT merges the patch embedding into the first block and the final norm into the head group.
-FROG_PERTURBED_DIMENSION = {"resnet18": 9866, "vit": 64010}
-
-
-# ---------------------------------------------------------------------------------------------
-# The authors' learning rates
-
-
-def load_lr_table(path: Path = LR_TABLE_PATH) -> dict[tuple[str, str, int | None], dict]:
-    """``{(model, method, k): {"lr": ..., "search_val_loss": ..., ...}}`` from the JSON table
-    (k is None for backprop)."""
-    table = json.loads(Path(path).read_text(encoding="utf-8"))
-    entries: dict[tuple[str, str, int | None], dict] = {}
-    for model, methods in table["models"].items():
-        for method, value in methods.items():
-            if method == "backprop":
-                entries[(model, method, None)] = dict(value)
-                continue
-            for k, entry in value.items():
-                entries[(model, method, int(k))] = dict(entry)
-    return entries
-
-
-AUTHORS_SOTA = load_lr_table()
-LR_SOURCE = json.loads(LR_TABLE_PATH.read_text(encoding="utf-8"))["source"]
-
-
-def authors_lr(model: str, method: str, k: int | None) -> float:
-    return float(AUTHORS_SOTA[(model, method, k)]["lr"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets
-
-
-@dataclass(frozen=True)
-class SotaBudget:
-    dataset: str
-    models: tuple[str, ...]
-    methods: tuple[tuple[str, int | None], ...]
-    epochs: int
-    seeds: int
-    batch_size: int
-    model_options: Mapping[str, Mapping[str, Any]]
-    train_examples: int | None = None  # the first N of the training split (None: all of it)
-    test_examples: int | None = None
-    threads: int | None = 2
-
-
-PAPER_MODEL_OPTIONS = {
-    "resnet18": {"norm": "group", "stem": "imagenet"},
-    "vit": {"depth": 6, "width": 256, "heads": 4, "mlp_dim": 512, "patch_size": 4},
-}
-
-BUDGETS: dict[str, SotaBudget] = {
-    # Sized from the measurements below to about an hour of training at one thread:
-    # 24 steps of every method, as 3 epochs of the first 512 training images so that the
-    # curves have more than one point; the first 500 test images.
-    "paper": SotaBudget(
-        dataset="mnist5k",
-        models=("resnet18", "vit"),
-        methods=METHODS,
-        epochs=3,
-        seeds=1,
-        batch_size=64,
-        model_options=PAPER_MODEL_OPTIONS,
-        train_examples=512,
-        test_examples=500,
-        threads=1,  # one core per run: two runs share the 2-core machine
-    ),
-    "smoke": SotaBudget(
-        dataset="digits",
-        models=("resnet18", "vit"),
-        methods=(("backprop", None), ("mean", 1), ("mean", 2), ("projection", 2)),
-        epochs=1,
-        seeds=1,
-        batch_size=64,
-        # The ResNet builder has no size options; the ViT shrinks to one narrow block.
-        model_options={
-            "resnet18": PAPER_MODEL_OPTIONS["resnet18"],
-            "vit": {"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "patch_size": 4},
-        },
-        train_examples=128,
-        test_examples=64,
-        threads=1,
-    ),
-}
-
-# Measured before choosing the paper budget, with 2 torch threads on the 2-core CPU it was
-# sized for while another engineer's jobs shared it (load average 4-5.7, so each run had about
-# one core): the training seconds of one full mnist5k epoch (63 steps of 64) of the costliest
-# runs (`forwardgrad train ... --threads 2 --epochs 1`), and the wall seconds per step of every
-# method (batch 64, after one warm-up step; 3 steps for the ResNet, 2 for the ViT).
-EPOCH_SECONDS_MEASURED = {("vit", "projection", 16): 1892.0, ("resnet18", "projection", 16): 544.0}
-STEP_SECONDS_MEASURED: dict[str, dict[tuple[str, int | None], float]] = {
-    "resnet18": {
-        ("backprop", None): 3.68,
-        ("mean", 1): 5.16,
-        ("mean", 2): 5.96,
-        ("mean", 4): 6.19,
-        ("mean", 16): 7.93,
-        ("projection", 2): 5.91,
-        ("projection", 4): 6.33,
-        ("projection", 16): 7.84,
-    },
-    "vit": {
-        ("backprop", None): 4.12,
-        ("mean", 1): 7.63,
-        ("mean", 2): 8.15,
-        ("mean", 4): 10.15,
-        ("mean", 16): 26.52,
-        ("projection", 2): 8.94,
-        ("projection", 4): 10.01,
-        ("projection", 16): 29.64,
-    },
-}
-MNIST_TRAIN_EXAMPLES = 50_000  # the paper's training split (and 200 epochs at most, 3 seeds)
-
-
-def estimated_hours(steps: int, models: tuple[str, ...] = ("resnet18", "vit")) -> float:
-    """Training hours of ``steps`` steps of all eight methods of ``models``, from the measured
-    step times (evaluation not included)."""
-    return steps * sum(sum(STEP_SECONDS_MEASURED[m].values()) for m in models) / 3600
-
-
-def sota_config(
-    budget: SotaBudget, model: str, method: str, k: int | None, seed: int
-) -> TrainConfig:
-    """One run's config: the authors' SGD settings and learning rate, tangents on the blocks."""
-    forward_gradient = method != "backprop"
-    return TrainConfig(
-        dataset=budget.dataset,
-        model=model,
-        **dict(budget.model_options[model]),
-        sites=SITES[model] if forward_gradient else None,
-        guess="activation" if forward_gradient else "backprop",
-        tangents=k or 1,
-        aggregate=method if forward_gradient else "mean",
-        epochs=budget.epochs,
-        batch_size=budget.batch_size,
-        optimizer="sgd",
-        lr=authors_lr(model, method, k),
-        weight_decay=0.0,
-        momentum=0.0,
-        seed=seed,
-    ).validate()
-
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -229,7 +71,7 @@ def load_budget_data(budget: SotaBudget) -> Dataset:
 
 def perturbed_dimension(cfg: TrainConfig, data: Dataset) -> int:
     """n: the activity numbers per example that carry tangents (every site's output)."""
-    from ..train import build_estimator, build_model, step_units
+    from ...train import build_estimator, build_model, step_units
 
     with torch.random.fork_rng():  # building a model draws from the global generator
         model = build_model(cfg, data)
@@ -246,28 +88,17 @@ def _curve(run_dir: Path) -> list[dict[str, Any]]:
 def _method_record(
     model: str, n: int, method: str, k: int | None, runs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    lr = authors_lr(model, method, k)
-    record: dict[str, Any] = {
-        "model": model,
-        "n": n,
-        "method": method,
-        "tangents": k,
-        "lr": lr,
-        "effective_lr": effective_lr(method, k, n, lr),
-        "authors_search_val_loss": AUTHORS_SOTA[(model, method, k)]["search_val_loss"],
-        "diverged": sum(r["summary"]["status"] == "diverged" for r in runs),
-        "train_seconds": [r["summary"].get("train_seconds") for r in runs],
-        "curves": [r["curve"] for r in runs],
-    }
-    for metric in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        values = [
-            r["summary"]["final"][metric] for r in runs if r["summary"]["status"] == "completed"
-        ]
-        mean, se = _mean_and_se_or_nan(values)
-        record[metric] = {"values": values, "mean": mean, "se": se}
-    minutes = [t / 60 for t in record["train_seconds"] if t is not None]
-    mean, se = _mean_and_se_or_nan(minutes)
-    record["minutes"] = {"values": minutes, "mean": mean, "se": se}
+    record = method_record(
+        {"model": model},
+        n,
+        method,
+        k,
+        authors_lr(model, method, k),
+        AUTHORS_SOTA[(model, method, k)]["search_val_loss"],
+        runs,
+        ("train_loss", "train_acc", "test_loss", "test_acc"),
+    )
+    record["minutes"] = value_summary([t / 60 for t in record["train_seconds"] if t is not None])
     return record
 
 
@@ -283,8 +114,8 @@ def sota_records(
             runs = []
             for seed in seed_list:
                 cfg = sota_config(budget, model, method, k, seed)
-                run_dir = out_dir / "runs" / model / _method_label(method, k) / f"seed{seed}"
-                summary = _train_once(cfg, run_dir, data, progress)
+                run_dir = out_dir / "runs" / model / method_label(method, k) / f"seed{seed}"
+                summary = train_or_reuse(cfg, run_dir, data, progress)
                 runs.append({"seed": seed, "summary": summary, "curve": _curve(run_dir)})
             records.append(_method_record(model, n, method, k, runs))
     return records
@@ -304,18 +135,7 @@ _METRIC_GROUPS = (
 
 
 def _row_labels(record: dict[str, Any], metric: str) -> dict[str, Any]:
-    labels: dict[str, Any] = {
-        "model": MODEL_NAMES[record["model"]],
-        "method": record["method"],
-        "k": _k_label(record["tangents"]),
-        "lr (authors')": _short(record["lr"]),
-        "effective lr": _short(record["effective_lr"]),
-    }
-    if metric == "test_loss":
-        labels["authors' LR-search val. loss (MNIST)"] = _short(record["authors_search_val_loss"])
-    if record["diverged"]:
-        labels["diverged seeds"] = record["diverged"]
-    return labels
+    return method_labels({"model": MODEL_NAMES[record["model"]]}, record, metric)
 
 
 def sota_rows(records: list[dict[str, Any]], budget: SotaBudget) -> list[Row]:
@@ -332,14 +152,6 @@ def sota_rows(records: list[dict[str, Any]], budget: SotaBudget) -> list[Row]:
                 )
             )
     return [*rows, *claim_rows(paper_claims(records, budget.models, budget.methods))]
-
-
-MNIST5K_TRAIN_EXAMPLES = 4000
-
-
-def steps_per_run(budget: SotaBudget) -> int:
-    examples = budget.train_examples or MNIST5K_TRAIN_EXAMPLES
-    return budget.epochs * math.ceil(examples / budget.batch_size)
 
 
 def _paper_scaling(budget: SotaBudget, seeds: int) -> str:
@@ -473,9 +285,7 @@ def sota_notes(records: list[dict[str, Any]], claims: list[dict[str, Any]]) -> l
         "authors' learning rates (tuned for theirs) may be conservative for ours.",
         "The authors compute the forward gradient by simulation (a backward pass, then V·∇); "
         "ours comes from forward-mode JVPs only (no backward pass), with the same estimator.",
-        _compute_note(
-            sum(t for r in records for t in r["train_seconds"] if t is not None), "training"
-        ),
+        compute_note(training_seconds(records), "training"),
     ]
 
 
@@ -483,7 +293,7 @@ def run_tangents_sota(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
     config = BUDGETS[budget]
-    seed_list = _seed_list(seeds, config.seeds)
+    seed_list = seed_range(seeds, config.seeds)
     with torch_threads(config.threads):
         records = sota_records(config, seed_list, Path(out_dir), progress)
     claims = paper_claims(records, config.models, config.methods)
@@ -513,7 +323,7 @@ def run_tangents_sota(
     )
 
 
-EXPERIMENT_SOTA = register(
+register(
     Experiment(
         name="tangents-sota",
         paper=PAPER,

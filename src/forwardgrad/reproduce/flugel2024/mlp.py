@@ -13,78 +13,45 @@ and the paper's qualitative claims are checked in the notes.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..config import TrainConfig
-from ..io import read_jsonl
-from .multitangent import PAPER
-from .multitangent_training import (
-    AUTHORS,
-    _compute_note,
-    _k_label,
-    _mean_and_se_or_nan,
-    _method_label,
-    _seed_list,
-    _short,
-    _style,
+from ...config import TrainConfig
+from ..registry import Experiment, register
+from ..report import ExperimentResult, Plot, Row, draw_methods_against_k, new_figure
+from .common import (
+    PAPER,
+    compute_note,
+    find_record,
+    mean_curve,
+    method_entries,
+    method_label,
+    method_style,
+    read_data,
+    seed_range,
     torch_threads,
 )
-from .registry import Experiment, register
-from .report import (
-    ExperimentResult,
-    Plot,
-    Row,
-    draw_methods_against_k,
-    new_figure,
-)
-
-MLP_METHODS: tuple[tuple[str, int | None], ...] = (
-    ("backprop", None),
-    ("mean", 1),
-    ("mean", 2),
-    ("mean", 4),
-    ("mean", 16),
-    ("projection", 2),
-    ("projection", 4),
-    ("projection", 16),
+from .network_runs import (
+    METHODS,
+    method_labels,
+    method_record,
+    run_curve,
+    train_or_reuse,
+    training_seconds,
 )
 
 # The authors' learning rates for plain SGD (lrs/fc_nns.csv) and the best validation loss their
 # learning-rate search reached (first-commit CSV; MNIST 50k/10k, up to 200 epochs, early
-# stopping): (lr, loss) per (width, method, k).
-AUTHORS_FC: dict[tuple[int, str, int | None], tuple[float, float]] = {
-    (256, "backprop", None): (0.02605, 0.0783),
-    (256, "mean", 1): (0.000559, 0.1733),
-    (256, "mean", 2): (0.000848, 0.1327),
-    (256, "mean", 4): (0.000819, 0.1100),
-    (256, "mean", 16): (0.001429, 0.0812),
-    (256, "projection", 2): (0.2114, 0.1295),
-    (256, "projection", 4): (0.1208, 0.1084),
-    (256, "projection", 16): (0.04232, 0.0838),
-    (1024, "backprop", None): (0.03337, 0.0763),
-    (1024, "mean", 1): (0.000157, 0.2679),
-    (1024, "mean", 2): (0.000218, 0.2220),
-    (1024, "mean", 4): (0.000791, 0.1457),
-    (1024, "mean", 16): (0.002690, 0.0941),
-    (1024, "projection", 2): (0.2311, 0.2224),
-    (1024, "projection", 4): (0.2002, 0.1791),
-    (1024, "projection", 16): (0.1270, 0.0964),
-    (4096, "backprop", None): (0.03867, 0.0767),
-    (4096, "mean", 1): (7.06e-05, 0.2967),
-    (4096, "mean", 2): (0.000129, 0.2558),
-    (4096, "mean", 4): (0.000177, 0.2150),
-    (4096, "mean", 16): (0.000498, 0.1329),
-    (4096, "projection", 2): (0.4633, 0.2562),
-    (4096, "projection", 4): (0.3536, 0.2159),
-    (4096, "projection", 16): (0.2517, 0.1331),
+# stopping): {"lr", "search_val_loss"} per (width, method, k).
+_AUTHORS = read_data("mlp_authors.json")
+AUTHORS_SOURCE: str = _AUTHORS["source"]
+AUTHORS_FC: dict[tuple[int, str, int | None], dict[str, float]] = {
+    (int(width), method, k): entry
+    for (width, method, k), entry in method_entries(_AUTHORS, "widths").items()
 }
 
 
@@ -106,7 +73,7 @@ MLP_BUDGETS: dict[str, MlpBudget] = {
         dataset="mnist5k",
         widths=(256, 1024),
         lr_widths=(256, 1024),
-        methods=MLP_METHODS,
+        methods=METHODS,
         epochs=15,
         seeds=3,
         batch_size=64,
@@ -136,22 +103,10 @@ def perturbed_dimension(width: int, depth: int = 2, classes: int = 10) -> int:
     return depth * width + classes
 
 
-def effective_lr(method: str, k: int | None, n: int, lr: float) -> float:
-    """lr_eff with E[step] = lr_eff · g for tangents independent of g.
-
-    The mean of k Gaussian forward gradients is unbiased; the projection onto a random k-dim
-    subspace has E[P_U g] = (k/n) g, so its expected step is k/n of its learning rate.
-    """
-    if method == "projection":
-        assert k is not None
-        return lr * min(k, n) / n
-    return lr
-
-
 def _mlp_config(
     budget: MlpBudget, width: int, lr_width: int, method: str, k: int | None, seed: int
 ):
-    lr, _ = AUTHORS_FC[(lr_width, method, k)]
+    lr = AUTHORS_FC[(lr_width, method, k)]["lr"]
     return TrainConfig(
         dataset=budget.dataset,
         depth=2,
@@ -171,47 +126,10 @@ def _mlp_config(
     ).validate()
 
 
-def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a saved run's config is ``cfg``. Keys added to TrainConfig after the run was saved
-    count as equal when ``cfg`` leaves them at their defaults."""
-    wanted, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    return all(
-        saved[key] == value if key in saved else value == defaults[key]
-        for key, value in wanted.items()
-    )
-
-
-def run_curve(run_dir: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``keys`` of every epoch line of a run's ``metrics.jsonl``."""
-    return [{key: row[key] for key in keys} for row in read_jsonl(run_dir / "metrics.jsonl")]
-
-
-def _train_once(cfg: TrainConfig, run_dir: Path, data, progress: bool) -> dict[str, Any]:
-    """Train one run, or reuse / resume the one already in ``run_dir`` with the same config."""
-    from ..train import TrainingDiverged, read_config, train
-
-    summary_path = run_dir / "summary.json"
-    stale = ValueError(
-        f"{run_dir} holds a run with other settings; choose another --out for this budget"
-    )
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if not _same_run(summary["config"], cfg):
-            raise stale
-        return summary
-    resume = (run_dir / "checkpoint.pt").exists()
-    if resume and not _same_run(read_config(run_dir), cfg):
-        raise stale
-    try:
-        return train(cfg, run_dir, resume=resume, progress=progress, data=data).summary
-    except TrainingDiverged:
-        return json.loads(summary_path.read_text())
-
-
 def _mlp_records(
     budget: MlpBudget, seed_list: list[int], out_dir: Path, progress: bool
 ) -> list[dict[str, Any]]:
-    from ..data import load_dataset
+    from ...data import load_dataset
 
     # One split for every seed, as the paper's fixed validation split (seeds vary the model
     # initialisation, the shuffling and the tangents).
@@ -219,44 +137,32 @@ def _mlp_records(
     records = []
     for width, lr_width in zip(budget.widths, budget.lr_widths):
         for method, k in budget.methods:
-            label = _method_label(method, k)
+            label = method_label(method, k)
             runs = []
             for seed in seed_list:
                 cfg = _mlp_config(budget, width, lr_width, method, k, seed)
                 run_dir = out_dir / "runs" / f"w{width}" / label / f"seed{seed}"
-                summary = _train_once(cfg, run_dir, data, progress)
+                summary = train_or_reuse(cfg, run_dir, data, progress)
                 curve = run_curve(run_dir, ("epoch", "train_loss", "test_loss", "test_acc"))
                 runs.append({"seed": seed, "summary": summary, "curve": curve})
-            lr, search_loss = AUTHORS_FC[(lr_width, method, k)]
-            record: dict[str, Any] = {
-                "width": width,
-                "n": perturbed_dimension(width),
-                "method": method,
-                "tangents": k,
-                "lr": lr,
-                "effective_lr": effective_lr(method, k, perturbed_dimension(width), lr),
-                "authors_search_val_loss": search_loss if lr_width == width else None,
-                "diverged": sum(r["summary"]["status"] == "diverged" for r in runs),
-                "train_seconds": [r["summary"].get("train_seconds") for r in runs],
-                "curves": [r["curve"] for r in runs],
-            }
-            for metric in ("test_acc", "test_loss", "train_loss", "train_acc"):
-                values = [
-                    r["summary"]["final"][metric]
-                    for r in runs
-                    if r["summary"]["status"] == "completed"
-                ]
-                mean, se = _mean_and_se_or_nan(values)
-                record[metric] = {"values": values, "mean": mean, "se": se}
-            records.append(record)
+            authors = AUTHORS_FC[(lr_width, method, k)]
+            records.append(
+                method_record(
+                    {"width": width},
+                    perturbed_dimension(width),
+                    method,
+                    k,
+                    authors["lr"],
+                    authors["search_val_loss"] if lr_width == width else None,
+                    runs,
+                    ("test_acc", "test_loss", "train_loss", "train_acc"),
+                )
+            )
     return records
 
 
 def _mlp_find(records: list[dict[str, Any]], width: int, method: str, k: int | None):
-    for r in records:
-        if (r["width"], r["method"], r["tangents"]) == (width, method, k):
-            return r
-    return None
+    return find_record(records, width=width, method=method, tangents=k)
 
 
 def _difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> tuple[float, float | None]:
@@ -344,20 +250,7 @@ def _mlp_rows(records: list[dict[str, Any]], budget: MlpBudget) -> list[Row]:
     rows = []
     for metric, group in groups:
         for r in records:
-            labels: dict[str, Any] = {
-                "width": r["width"],
-                "n": r["n"],
-                "method": r["method"],
-                "k": _k_label(r["tangents"]),
-                "lr (authors')": _short(r["lr"]),
-                "effective lr": _short(r["effective_lr"]),
-            }
-            if metric == "test_loss":
-                labels["authors' LR-search val. loss (MNIST)"] = _short(
-                    r["authors_search_val_loss"]
-                )
-            if r["diverged"]:
-                labels["diverged seeds"] = r["diverged"]
+            labels = method_labels({"width": r["width"], "n": r["n"]}, r, metric)
             rows.append(
                 Row(group=group, labels=labels, ours=r[metric]["mean"], ours_se=r[metric]["se"])
             )
@@ -400,13 +293,9 @@ def _draw_mlp_curves(result: ExperimentResult):
     for ax, width in zip(axes[0], budget.widths):
         for method, k in budget.methods:
             r = _mlp_find(records, width, method, k)
-            curves = [c for c in r["curves"] if c] if r else []
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            epochs = [row["epoch"] for row in curves[0][:length]]
-            losses = np.mean([[row["train_loss"] for row in c[:length]] for c in curves], axis=0)
-            ax.plot(epochs, losses, **{**_style(method, k, ks), "markersize": 3})
+            curve = mean_curve(r["curves"], "train_loss") if r else None
+            if curve is not None:
+                ax.plot(*curve, **{**method_style(method, k, ks), "markersize": 3})
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss")
@@ -464,7 +353,7 @@ def run_tangents_mlp(
     budget: str, seeds: int | None, out_dir: Path, progress: bool
 ) -> ExperimentResult:
     config = MLP_BUDGETS[budget]
-    seed_list = _seed_list(seeds, config.seeds)
+    seed_list = seed_range(seeds, config.seeds)
     threads = torch.get_num_threads()
     with torch_threads(config.threads):
         records = _mlp_records(config, seed_list, Path(out_dir), progress)
@@ -491,7 +380,7 @@ def run_tangents_mlp(
     notes = [
         "The paper's fully-connected results (its table and Fig. 6) were not found, so *paper* "
         "is 'not reported'. Beside our test loss: the best validation loss of the authors' "
-        f"learning-rate search, from {AUTHORS} — full MNIST, up to 200 epochs with early "
+        f"learning-rate search, from {AUTHORS_SOURCE} — full MNIST, up to 200 epochs with early "
         "stopping, so only the ordering is comparable, not the values.",
         "Claims checked (the abstract: more tangents improve optimisation; the projection "
         "combines tangents better than the mean; a gap to backprop remains, larger for larger "
@@ -510,9 +399,7 @@ def run_tangents_mlp(
         "noisy, so the authors' learning rates (tuned for theirs) may be conservative for ours.",
         "The authors compute the forward gradient by simulation (a backward pass, then V·∇); "
         "ours comes from forward-mode JVPs only (no backward pass), with the same estimator.",
-        _compute_note(
-            sum(t for r in records for t in r["train_seconds"] if t is not None), "training"
-        ),
+        compute_note(training_seconds(records), "training"),
     ]
     return ExperimentResult(
         budget=budget,
@@ -542,7 +429,7 @@ def run_tangents_mlp(
     )
 
 
-EXPERIMENT_MLP = register(
+register(
     Experiment(
         name="tangents-mlp",
         paper=PAPER,

@@ -5,18 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from .multitangent_training import _style
-from .report import ExperimentResult, draw_methods_against_k, new_figure
-from .tangents_sota_claims import MODEL_NAMES
+from ..report import ExperimentResult, draw_methods_against_k, new_figure
+from .common import find_record, mean_curve, method_style
+from .sota_claims import MODEL_NAMES
 
 
 def _find(records: Sequence[dict[str, Any]], model: str, method: str, k: int | None):
-    for r in records:
-        if (r["model"], r["method"], r["tangents"]) == (model, method, k):
-            return r
-    return None
+    return find_record(records, model=model, method=method, tangents=k)
 
 
 def _all_ks(result: ExperimentResult) -> list[int]:
@@ -44,16 +39,6 @@ def draw_final(result: ExperimentResult):
     return fig
 
 
-def _mean_curve(curves: list[list[dict[str, Any]]], metric: str):
-    """Epochs and the mean over seeds of ``metric``, up to the shortest seed's curve."""
-    curves = [c for c in curves if c]
-    if not curves:
-        return None
-    length = min(len(c) for c in curves)
-    epochs = [row["epoch"] for row in curves[0][:length]]
-    return epochs, np.mean([[row[metric] for row in c[:length]] for c in curves], axis=0)
-
-
 def draw_curves(result: ExperimentResult):
     """Training loss and test accuracy per epoch of every method, one column per model."""
     records, models, ks = result.raw["runs"], result.settings["models"], _all_ks(result)
@@ -65,9 +50,9 @@ def draw_curves(result: ExperimentResult):
             ax = axes[row][col]
             for method, k in result.settings["methods"]:
                 r = _find(records, model, method, k)
-                curve = _mean_curve(r["curves"], metric) if r else None
+                curve = mean_curve(r["curves"], metric) if r else None
                 if curve is not None:
-                    ax.plot(*curve, **{**_style(method, k, ks), "markersize": 3})
+                    ax.plot(*curve, **{**method_style(method, k, ks), "markersize": 3})
             if metric == "train_loss":
                 ax.set_yscale("log")
             ax.set_xlabel("epoch")
