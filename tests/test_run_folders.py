@@ -375,7 +375,8 @@ def test_a_checkpoint_that_is_not_a_dict_of_states_is_refused(tmp_path):
 
 
 def test_reproduce_checkpoint_readers_refuse_a_malicious_file(digits, tmp_path):
-    from forwardgrad.reproduce import guess, wperp
+    from forwardgrad.reproduce import wperp
+    from forwardgrad.reproduce.singhal2023 import runs as singhal_runs
 
     class Payload:
         def __reduce__(self):
@@ -385,7 +386,7 @@ def test_reproduce_checkpoint_readers_refuse_a_malicious_file(digits, tmp_path):
     (tmp_path / "run").mkdir()
     torch.save({"model": Payload(), "epoch": 1}, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="not loaded"):
-        guess.checkpoint_model(cfg, digits, tmp_path / "run")
+        singhal_runs.checkpoint_model(cfg, digits, tmp_path / "run")
     with pytest.raises(CheckpointError, match="not loaded"):
         wperp.checkpoint_model(cfg, tmp_path / "run", digits, 1)
     assert not (tmp_path / "RAN").exists()
