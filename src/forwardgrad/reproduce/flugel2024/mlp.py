@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ...config import TrainConfig
+from ...ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, draw_methods_against_k, new_figure
 from .common import (
@@ -40,7 +41,6 @@ from .network_runs import (
     method_labels,
     method_record,
     run_curve,
-    train_or_reuse,
     training_seconds,
 )
 
@@ -142,7 +142,7 @@ def _mlp_records(
             for seed in seed_list:
                 cfg = _mlp_config(budget, width, lr_width, method, k, seed)
                 run_dir = out_dir / "runs" / f"w{width}" / label / f"seed{seed}"
-                summary = train_or_reuse(cfg, run_dir, data, progress)
+                summary = ensure_trained(cfg, run_dir, progress=progress, data=data)
                 curve = run_curve(run_dir, ("epoch", "train_loss", "test_loss", "test_acc"))
                 runs.append({"seed": seed, "summary": summary, "curve": curve})
             authors = AUTHORS_FC[(lr_width, method, k)]

@@ -3,12 +3,10 @@ grid of methods, runs reused or resumed from their folders, and one record per m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...config import TrainConfig
 from ...io import read_jsonl
 from .common import k_label, mean_and_se_or_nan, short_number
 
@@ -37,41 +35,9 @@ def effective_lr(method: str, k: int | None, n: int, lr: float) -> float:
     return lr
 
 
-def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a saved run's config is ``cfg``. Keys added to TrainConfig after the run was saved
-    count as equal when ``cfg`` leaves them at their defaults."""
-    wanted, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    return all(
-        saved[key] == value if key in saved else value == defaults[key]
-        for key, value in wanted.items()
-    )
-
-
 def run_curve(run_dir: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
     """The ``keys`` of every epoch line of a run's ``metrics.jsonl``."""
     return [{key: row[key] for key in keys} for row in read_jsonl(run_dir / "metrics.jsonl")]
-
-
-def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, progress: bool) -> dict[str, Any]:
-    """Train one run, or reuse / resume the one already in ``run_dir`` with the same config."""
-    from ...train import TrainingDiverged, read_config, train
-
-    summary_path = run_dir / "summary.json"
-    stale = ValueError(
-        f"{run_dir} holds a run with other settings; choose another --out for this budget"
-    )
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if not _same_run(summary["config"], cfg):
-            raise stale
-        return summary
-    resume = (run_dir / "checkpoint.pt").exists()
-    if resume and not _same_run(read_config(run_dir), cfg):
-        raise stale
-    try:
-        return train(cfg, run_dir, resume=resume, progress=progress, data=data).summary
-    except TrainingDiverged:
-        return json.loads(summary_path.read_text())
 
 
 def value_summary(values: list[float]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 
 from ...config import TrainConfig
 from ...data import Dataset, load_dataset
+from ...ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row
 from .common import PAPER, compute_note, method_label, seed_range, torch_threads
@@ -30,7 +31,6 @@ from .network_runs import (
     method_labels,
     method_record,
     run_curve,
-    train_or_reuse,
     training_seconds,
     value_summary,
 )
@@ -115,7 +115,7 @@ def sota_records(
             for seed in seed_list:
                 cfg = sota_config(budget, model, method, k, seed)
                 run_dir = out_dir / "runs" / model / method_label(method, k) / f"seed{seed}"
-                summary = train_or_reuse(cfg, run_dir, data, progress)
+                summary = ensure_trained(cfg, run_dir, progress=progress, data=data)
                 runs.append({"seed": seed, "summary": summary, "curve": _curve(run_dir)})
             records.append(_method_record(model, n, method, k, runs))
     return records

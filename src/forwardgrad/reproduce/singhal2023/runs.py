@@ -1,10 +1,10 @@
 """Training with measurements at checkpoints, the runs every *How to Guess a Gradient*
-experiment is made of: ``train()`` in segments that resume one another, a measurement after each,
-and the readers of what a run left behind (its checkpoint, metrics, summary)."""
+experiment is made of: training in segments that resume one another (``ensure_trained``), a
+measurement after each, and the readers of what a run left behind (checkpoint, metrics, summary).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -17,8 +17,9 @@ from torch import nn
 from ...checkpoint import load_checkpoint
 from ...config import TrainConfig
 from ...data import Dataset
+from ...ensure import ensure_trained
 from ...io import read_jsonl, write_jsonl
-from ...train import EstimatorFactory, TrainingDiverged, build_model, train
+from ...train import EstimatorFactory, build_model
 
 
 def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
@@ -75,27 +76,10 @@ def train_with_measurements(
         write_jsonl(path, records)
     while done < cfg.epochs:
         target = min(done + every, cfg.epochs)
-        try:
-            if done == 0:
-                segment = dataclasses.replace(cfg, epochs=target)
-                train(
-                    segment,
-                    run_dir,
-                    progress=progress,
-                    data=data,
-                    estimator_factory=estimator_factory,
-                )
-            else:
-                train(
-                    cfg,
-                    run_dir,
-                    resume=True,
-                    progress=progress,
-                    data=data,
-                    epochs=target,
-                    estimator_factory=estimator_factory,
-                )
-        except TrainingDiverged:  # summary.json says where; the epochs before it stand
+        summary = ensure_trained(
+            cfg, run_dir, target, progress, data=data, estimator_factory=estimator_factory
+        )
+        if summary["status"] == "diverged":  # summary.json says where; the epochs before stand
             break
         records.append({"epoch": target, **measure(checkpoint_model(cfg, data, run_dir), target)})
         write_jsonl(path, records)
@@ -131,17 +115,8 @@ def train_once(
     estimator_factory: EstimatorFactory | None = None,
 ) -> list:
     """Train (or finish, or skip a finished) run; returns its per-epoch metrics."""
-    records, metrics = train_with_measurements(
-        cfg,
-        run_dir,
-        data,
-        cfg.epochs,
-        lambda m, e: {},
-        progress,
-        at_start=False,
-        estimator_factory=estimator_factory,
-    )
-    return metrics
+    ensure_trained(cfg, run_dir, progress=progress, data=data, estimator_factory=estimator_factory)
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def drop_checkpoints(root: Path) -> None:
