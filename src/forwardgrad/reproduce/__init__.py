@@ -20,7 +20,7 @@ from .report import ExperimentResult, Plot, Row, Tolerance
 
 # Experiment modules register themselves on import.
 from . import multitangent  # noqa: E402, F401  isort: skip
-from . import wperp  # noqa: E402, F401  isort: skip
+from . import wang2025  # noqa: E402, F401  isort: skip
 from . import guess  # noqa: E402, F401  isort: skip
 from . import multitangent_training  # noqa: E402, F401  isort: skip
 from . import tangents_mlp  # noqa: E402, F401  isort: skip

@@ -1,0 +1,152 @@
+"""Training runs that stop, resume and are measured on the way (nothing here is paper-specific).
+
+A run lives in one folder (``forwardgrad train``'s layout, checkpoints included). :func:`train_to`
+extends it to a given epoch, or reuses it where it already got there; :func:`measured_run`
+trains in segments, measuring the checkpoint's model at chosen epochs, so the trajectory is that
+of one uninterrupted run. Snapshots of the checkpoint at measured epochs let another experiment
+sharing the run measure those epochs after the run has moved on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...checkpoint import load_checkpoint
+from ...config import TrainConfig
+from ...data import Dataset
+from ...io import atomic_write, write_json
+from ...train import TrainingDiverged, build_model, read_config, train
+
+
+def _read_summary(path: Path) -> dict | None:
+    p = path / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _check_same_run(cfg: TrainConfig, path: Path, data: Dataset) -> None:
+    """Refuse to extend a run that was started with other settings or data."""
+    if not (path / "config.json").exists():
+        return
+    saved = read_config(path)
+    differ = [k for k, v in cfg.to_dict().items() if k != "epochs" and saved.get(k) != v]
+    if json.loads((path / "config.json").read_text()).get("data") != data.summary():
+        differ.append("data")
+    if differ:
+        raise ValueError(
+            f"{path} holds a run with other settings ({', '.join(differ)}); remove it or choose "
+            "another --out"
+        )
+
+
+def train_to(
+    cfg: TrainConfig, path: Path, data: Dataset, epochs: int, progress: bool = False
+) -> dict:
+    """Train (or resume) the run in ``path`` to ``epochs`` epochs; returns its summary.
+
+    A run that already reached ``epochs`` is not touched; one that diverged is returned as is.
+    """
+    _check_same_run(cfg, path, data)
+    summary = _read_summary(path)
+    if summary is not None:
+        done = summary["epochs_completed"]
+        if summary["status"] != "completed" or done == epochs:
+            return summary
+        if done > epochs:
+            raise ValueError(
+                f"{path} holds a run trained for {done} epochs, past the {epochs} asked for; "
+                "remove it or choose another --out"
+            )
+    try:
+        if (path / "checkpoint.pt").exists():
+            return train(
+                cfg, path, resume=True, progress=progress, data=data, epochs=epochs
+            ).summary
+        return train(
+            dataclasses.replace(cfg, epochs=epochs), path, progress=progress, data=data
+        ).summary
+    except TrainingDiverged:
+        summary = _read_summary(path)
+        assert summary is not None  # train() writes it before raising
+        return summary
+
+
+def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
+    """The model ``train(cfg)`` starts from (the same seed and builder)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, data)
+
+
+def snapshot_path(path: Path, epoch: int) -> Path:
+    """The copy of a run's checkpoint kept at a measured epoch (``checkpoint-epoch<E>.pt``)."""
+    return path / f"checkpoint-epoch{epoch}.pt"
+
+
+def keep_snapshot(path: Path, epoch: int) -> None:
+    """Keep the run's current checkpoint (at ``epoch``) as a snapshot, so that another
+    experiment sharing the run can measure that epoch after the run has moved on."""
+    target = snapshot_path(path, epoch)
+    if not target.exists():
+        data = (path / "checkpoint.pt").read_bytes()
+        atomic_write(target, lambda f: f.write(data))
+
+
+def checkpoint_model(cfg: TrainConfig, path: Path, data: Dataset, epoch: int) -> nn.Sequential:
+    """The run's model at ``epoch``: its snapshot there, else its checkpoint if at ``epoch``."""
+    source = snapshot_path(path, epoch)
+    if not source.exists():
+        source = path / "checkpoint.pt"
+    state = load_checkpoint(source, require=("model", "epoch"))
+    if state["epoch"] != epoch:
+        raise RuntimeError(
+            f"{path}: the checkpoint is at epoch {state['epoch']}, not {epoch}, and no snapshot "
+            f"of epoch {epoch} was kept; remove the run to measure it"
+        )
+    model = build_model(cfg, data)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+Measure = Callable[[nn.Module], dict]
+
+
+def measured_run(
+    cfg: TrainConfig,
+    path: Path,
+    data: Dataset,
+    points: Sequence[int],
+    tag: str,
+    measure: Measure,
+    progress: bool = False,
+) -> tuple[dict, dict[int, dict]]:
+    """Train ``cfg`` to its last epoch, measuring the model at every epoch in ``points``.
+
+    Returns the run's summary and ``{epoch: measure(model)}`` (an epoch the run did not reach,
+    because it diverged, is missing). Measurements are cached in ``measurements-<tag>.json``;
+    the checkpoint at each measured epoch is kept (``checkpoint-epoch<E>.pt``), so experiments
+    that share a run each measure it at their own epochs without retraining it.
+    """
+    cache = path / f"measurements-{tag}.json"
+    done: dict[int, dict] = {}
+    if cache.exists():
+        done = {int(e): m for e, m in json.loads(cache.read_text()).items()}
+    for epoch in sorted(p for p in points if p <= cfg.epochs):
+        if epoch in done:
+            continue
+        if epoch == 0:
+            model = initial_model(cfg, data)
+        else:
+            if not snapshot_path(path, epoch).exists():
+                summary = train_to(cfg, path, data, epoch, progress)
+                if summary["status"] != "completed":
+                    break
+                keep_snapshot(path, epoch)
+            model = checkpoint_model(cfg, path, data, epoch)
+        done[epoch] = measure(model)
+        write_json(cache, {str(e): m for e, m in sorted(done.items())})
+    return train_to(cfg, path, data, cfg.epochs, progress), done
