@@ -93,6 +93,20 @@ def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     return models.build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options())
 
 
+def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    """The model ``train(cfg)`` starts from (the same seed, the same builder)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, data)
+
+
+def checkpoint_model(cfg: TrainConfig, data: Dataset, path: Path) -> tuple[nn.Module, int]:
+    """The model saved in the checkpoint file ``path`` (in eval mode) and its epoch."""
+    state = load_checkpoint(path, require=("model", "epoch"))
+    model = build_model(cfg, data)
+    model.load_state_dict(state["model"])
+    return model.eval(), int(state["epoch"])
+
+
 def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
     return Estimator(
         model,

@@ -20,7 +20,7 @@ from .report import ExperimentResult, Plot, Row, Tolerance
 
 # Experiment modules register themselves on import.
 from .flugel2024 import fig3_quality, fig5_angle  # noqa: E402, F401  isort: skip
-from . import wperp  # noqa: E402, F401  isort: skip
+from . import wang2025  # noqa: E402, F401  isort: skip
 from . import singhal2023  # noqa: E402, F401  isort: skip
 from .flugel2024 import fig4_functions, mlp, sota  # noqa: E402, F401  isort: skip
 

@@ -11,29 +11,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ...checkpoint import load_checkpoint
 from ...config import TrainConfig
 from ...data import Dataset
 from ...ensure import ensure_trained
 from ...io import read_jsonl, write_jsonl
-from ...train import EstimatorFactory, build_model
+from ...train import EstimatorFactory, initial_model
+from ...train import checkpoint_model as load_checkpoint_model
 
 
-def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Sequential:
-    """The model ``train(cfg)`` starts from (same seed, same builder)."""
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg, data)
-
-
-def checkpoint_model(cfg: TrainConfig, data: Dataset, run_dir: Path) -> nn.Sequential:
+def checkpoint_model(cfg: TrainConfig, data: Dataset, run_dir: Path) -> nn.Module:
     """The model saved in ``run_dir/checkpoint.pt`` (in eval mode)."""
-    model = build_model(cfg, data)
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return load_checkpoint_model(cfg, data, run_dir / "checkpoint.pt")[0]
 
 
 Measure = Callable[[nn.Module, int], dict[str, Any]]
