@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from forwardgrad.optimize import PAPER_DIMS, sweep
+from forwardgrad.closedform import PAPER_DIMS, sweep
 from forwardgrad.reproduce import multitangent_training as mtt
 from forwardgrad.reproduce import tangents_mlp as tmlp
 

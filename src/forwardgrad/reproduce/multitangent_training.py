@@ -3,9 +3,9 @@
 ``tangents-functions`` (Fig. 4): plain gradient descent on sphere, Rosenbrock and
 Styblinski–Tang for n = 2^0 … 2^10 with the exact gradient (backprop), the mean of k forward
 gradients and their orthogonal projection (FROG). Every (function, n, method, k) cell gets its own
-learning rate from :func:`forwardgrad.optimize.sweep`'s log-grid search; the figure plots the best
-f found, averaged over the seeds. Each finished cell is cached under ``OUT/cells`` so a long run
-resumes where it stopped.
+learning rate from :func:`forwardgrad.closedform.sweep`'s log-grid search; the figure plots the
+best f found, averaged over the seeds. Each finished cell is cached under ``OUT/cells`` so a long
+run resumes where it stopped.
 
 The paper prints no number for it (the reference digest found none), so the *paper* column is
 'not reported' throughout. Beside ours sit the authors' own numbers from their repository
@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..functions import get_function
+from ..closedform import PAPER_DIMS, PAPER_PATIENCE, default_lr_grid, get_function, sweep
 from ..io import write_text
-from ..optimize import PAPER_DIMS, PAPER_PATIENCE, default_lr_grid, sweep
 from .multitangent import PAPER
 from .registry import Experiment, register
 from .report import (
@@ -922,7 +921,7 @@ def _functions_result(
         "gradient); orthogonal projection onto the k tangents' span",
         "seeds": seed_list,
         "lrs": list(budget.lrs),
-        "lr_search": "forwardgrad.optimize.sweep: every lr of the log grid with every seed; the "
+        "lr_search": "forwardgrad.closedform.sweep: every lr of the log grid with every seed; the "
         "cell's lr has the lowest mean final f over the seeds (the authors' search objective); "
         "an lr under which any seed diverged never wins; exact ties go to the middle lr",
         "steps": budget.steps,
