@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from forwardgrad.optimize import PAPER_DIMS
+from forwardgrad.closedform import PAPER_DIMS
 from forwardgrad.reproduce.flugel2024 import fig4_budget as budget
 from forwardgrad.reproduce.flugel2024.fig4_cells import cell_record
 from forwardgrad.reproduce.flugel2024.fig4_claims import significantly_lower

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from forwardgrad.optimize import sweep
+from forwardgrad.closedform import sweep
 from forwardgrad.reproduce.flugel2024 import fig4_sphere as sphere
 
 

@@ -1,7 +1,13 @@
-"""The shipped Newton-Schulz step polynomials: quality per threshold, matrix form, table lookup."""
+"""The shipped Newton-Schulz step polynomials: quality per threshold, matrix form, table lookup.
+
+The fit and its quality figures live in tools/fit_newton_schulz.py (a script outside the
+package), so that folder is put on the import path here.
+"""
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +17,14 @@ from forwardgrad.guesses.newton_schulz import (
     COEFFICIENTS_FILE,
     DEFAULT_ITERATIONS,
     DEGREE,
-    THRESHOLDS,
-    X_MAX,
     coefficients_for,
-    fit_coefficients,
     load_coefficients,
     matrix_polynomial,
-    measure_quality,
     scalar_polynomial,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from fit_newton_schulz import THRESHOLDS, X_MAX, fit_coefficients, measure_quality
 
 # Max |p^N(x) - 1| on [t + 0.05, 1.1] and max |p^N(x)| on [0, t - 0.05], as measured on a grid of
 # step 1e-4 for the shipped table, rounded up a little. They are what the fit achieves, not a

@@ -10,11 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core.samplers import SAMPLERS
-from .functions import FUNCTIONS
-from .io import write_json, write_text
-from .optimize import (
+from .closedform import (
     DTYPES,
+    FUNCTIONS,
     METHODS,
     PAPER_DIMS,
     PAPER_METHODS,
@@ -25,6 +23,8 @@ from .optimize import (
     optimize,
     sweep,
 )
+from .core.samplers import SAMPLERS
+from .io import write_json, write_text
 
 
 def _parse_number(flag: str, text: str, kind: type) -> int | float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...optimize import PAPER_DIMS, PAPER_PATIENCE, default_lr_grid
+from ...closedform import PAPER_DIMS, PAPER_PATIENCE, default_lr_grid
 from .common import method_entries, read_data
 
 FUNCTION_NAMES = ("sphere", "rosenbrock", "styblinski-tang")

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ...functions import get_function
+from ...closedform import get_function, sweep
 from ...io import write_text
-from ...optimize import sweep
 from ..report import mean_and_se
 from .common import find_record, mean_and_se_or_nan, method_label, torch_threads
 from .fig4_budget import FunctionsBudget, authors_lr, authors_search_loss, method_plan

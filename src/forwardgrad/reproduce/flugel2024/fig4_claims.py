@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...functions import get_function
+from ...closedform import get_function
 from ..report import mean_and_se
 from .fig4_budget import FunctionsBudget, method_plan
 from .fig4_cells import cell_record

@@ -3,7 +3,7 @@
 Plain gradient descent on sphere, Rosenbrock and Styblinski–Tang for n = 2^0 … 2^10 with the
 exact gradient (backprop), the mean of k forward gradients and their orthogonal projection
 (FROG). Every (function, n, method, k) cell gets its own learning rate from
-:func:`forwardgrad.optimize.sweep`'s log-grid search (:mod:`.fig4_cells`); the figure plots the
+:func:`forwardgrad.closedform.sweep`'s log-grid search (:mod:`.fig4_cells`); the figure plots the
 best f found, averaged over the seeds.
 
 The paper prints no number for it (the reference digest found none), so the *paper* column is
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ...functions import get_function
+from ...closedform import get_function
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, write_report
 from .common import PAPER, compute_note, k_label, seed_range, short_number
@@ -114,7 +114,7 @@ def _settings(budget: FunctionsBudget, seeds: list[int]) -> dict[str, Any]:
         "gradient); orthogonal projection onto the k tangents' span",
         "seeds": seeds,
         "lrs": list(budget.lrs),
-        "lr_search": "forwardgrad.optimize.sweep: every lr of the log grid with every seed; the "
+        "lr_search": "forwardgrad.closedform.sweep: every lr of the log grid with every seed; the "
         "cell's lr has the lowest mean final f over the seeds (the authors' search objective); "
         "an lr under which any seed diverged never wins; exact ties go to the middle lr",
         "steps": budget.steps,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...functions import get_function
+from ...closedform import get_function
 from ..report import ExperimentResult, draw_curve, new_figure
 from .common import method_style
 from .fig4_budget import FunctionsBudget, all_ks, budget_from_settings, method_plan

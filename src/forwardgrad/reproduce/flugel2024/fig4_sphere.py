@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...functions import get_function
+from ...closedform import get_function
 from ..report import Tolerance
 from .fig4_budget import FunctionsBudget, authors_lr, authors_search_loss, method_plan
 
