@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_real_data import make_cifar10, make_cifar100, make_idx_set, make_svhn
+from data_files import make_cifar10, make_cifar100, make_idx_set, make_svhn
 
 from forwardgrad.data import LAYOUTS, load_dataset
 from forwardgrad.models import build_model

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .layout import LAYOUTS, check_layout  # noqa: F401  (LAYOUTS: re-exported)
+from .transforms import standardize  # noqa: F401  (re-exported)
 
 BatchTransform = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
 """``transform(raw_batch, train, generator) -> float32 features``: applied per batch, so large
@@ -63,14 +64,6 @@ class DatasetSpec:
     load: Callable[..., Dataset]
 
 
-def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature standardisation with statistics of the training split only."""
-    mean = x_train.mean(0, keepdims=True)
-    std = x_train.std(0, keepdims=True)
-    std = np.where(std > 1e-8, std, 1.0)  # constant features (image borders) stay at 0
-    return (x_train - mean) / std, (x_test - mean) / std
-
-
 def to_dataset(
     name: str, x_train, y_train, x_test, y_test, num_classes: int, layout: str = "flat"
 ) -> Dataset:
@@ -92,16 +85,21 @@ def register(spec: DatasetSpec) -> None:
     DATASETS[spec.name] = spec
 
 
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered dataset ``name``, or a ValueError naming the known ones."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return spec
+
+
 def load_dataset(name: str, layout: str = "flat", **options) -> Dataset:
     """Load a dataset by name (see ``forwardgrad list``).
 
     ``layout``: ``"flat"`` serves ``(B, features)`` batches, ``"image"`` ``(B, C, H, W)`` ones
     (image sets only; see ``forwardgrad.data.layout``).
     """
-    spec = DATASETS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    data = spec.load(layout=check_layout(layout), **options)
+    data = dataset_spec(name).load(layout=check_layout(layout), **options)
     if data.layout != layout:
         raise ValueError(f"dataset {name!r} does not serve layout={layout!r}")
     return data

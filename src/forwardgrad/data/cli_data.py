@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import DATASETS, load_dataset, real
+from . import DATASETS, dataset_spec, load_dataset
+from .cache import DATA_ENV, default_data_dir
+from .download import fetch
+from .files import status
+from .real import class_names
+from .sources import SOURCES
 
 
 def _size(n: int | None) -> str:
@@ -20,11 +25,6 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return ""  # pragma: no cover
-
-
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
 
 
 def _print_loaded(data, classes: list[str] | None = None) -> None:
@@ -46,19 +46,19 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     dataset is loaded (so corrupt files are reported, and the decoded cache is built).
     """
     name = args.name
-    _check_name(name)
-    if name not in real.NAMES:
+    dataset_spec(name)  # a clear error for an unknown name
+    if name not in SOURCES:
         print(f"{name}: {DATASETS[name].summary}")
         print("  embedded in an installed package: no files needed")
         _print_loaded(load_dataset(name))
         return 0
-    st = real.status(name, args.data_dir)
+    st = status(name, args.data_dir)
     src = st.source
     h, w, c = src.image_shape
     print(f"{name}: {src.title}")
     print(f"  homepage:   {src.homepage}")
     print(f"  licence:    {src.licence}")
-    print(f"  data dir:   {st.root}  (from {st.origin}; set with --data-dir or ${real.DATA_ENV})")
+    print(f"  data dir:   {st.root}  (from {st.origin}; set with --data-dir or ${DATA_ENV})")
     print(f"  files in:   {st.folder}")
     width = max(len(f.label) for f in st.files)
     for f in st.files:
@@ -80,23 +80,23 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         )
         print(
             f"  expected:   {src.sizes[0]} train / {src.sizes[1]} test images of {h}x{w}x{c}, "
-            f"{20 if name == 'cifar100-coarse' else src.num_classes} classes"
+            f"{src.default_classes} classes"
         )
         return 1
     print("  status:     ready" + ("" if not st.missing else " (unpacking the archive now)"))
     data = load_dataset(name, data_dir=str(st.root))
-    _print_loaded(data, real.class_names(name, st.root))
+    _print_loaded(data, class_names(name, st.root))
     return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     """Download the official files of a dataset (MD5-verified); files already there are checked."""
     name = args.name
-    _check_name(name)
-    if name not in real.NAMES:
+    dataset_spec(name)  # a clear error for an unknown name
+    if name not in SOURCES:
         raise ValueError(f"{name} is embedded in an installed package; there is nothing to fetch")
     progress = not args.no_progress and sys.stderr.isatty()
-    folder = real.fetch(name, args.data_dir, progress=progress, log=lambda m: print(f"  {m}"))
+    folder = fetch(name, args.data_dir, progress=progress, log=lambda m: print(f"  {m}"))
     data = load_dataset(name, data_dir=str(folder.parent))  # decode once: validates, fills cache
     print(f"{name}: ready in {folder} ({len(data.x_train)} train / {len(data.x_test)} test)")
     return 0
@@ -107,18 +107,18 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         metavar="DIR",
         default=None,
-        help=f"data directory (default: ${real.DATA_ENV} or {real.default_data_dir()})",
+        help=f"data directory (default: ${DATA_ENV} or {default_data_dir()})",
     )
 
 
 def add_data_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``data info|fetch`` to the main parser's subparsers; returns the ``data`` parser."""
-    names = ", ".join(real.NAMES)
+    names = ", ".join(SOURCES)
     p = subparsers.add_parser(
         "data",
         help="real datasets: where their files go, and fetching them",
         description=f"Real datasets ({names}) read from their official files. The data directory "
-        f"is --data-dir, else ${real.DATA_ENV}, else {real.default_data_dir()}.",
+        f"is --data-dir, else ${DATA_ENV}, else {default_data_dir()}.",
     )
     sub = p.add_subparsers(dest="data_command", required=True)
 

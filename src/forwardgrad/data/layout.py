@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from torch import Tensor
 
 LAYOUTS = ("flat", "image")
@@ -25,16 +24,3 @@ def arrange(images: Tensor, layout: str) -> Tensor:
     if check_layout(layout) == "flat":
         return images.reshape(len(images), -1)
     return images.permute(0, 3, 1, 2).contiguous()
-
-
-def standardize_channels(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel standardisation of images ``(N, C, H, W)``, training-split statistics only.
-
-    One mean and one std per channel over all training pixels (not per pixel, as the flat
-    layout's ``standardize`` does): a convolution shares its weights across positions, and
-    per-pixel scaling would blow up near-constant border pixels.
-    """
-    mean = x_train.mean((0, 2, 3), keepdims=True)
-    std = x_train.std((0, 2, 3), keepdims=True)
-    std = np.where(std > 1e-8, std, 1.0)
-    return (x_train - mean) / std, (x_test - mean) / std
