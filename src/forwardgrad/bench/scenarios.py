@@ -89,107 +89,138 @@ def _activation(k: int, aggregate: str = "mean", low_memory: bool = False) -> Me
     return Method(f"activation k={k}{suffix}", "activation", k, aggregate, low_memory)
 
 
-def targets_preset() -> Preset:
-    """The scenarios behind the performance targets (see the README's Performance section)."""
-    mlp_name, deep8, deep32, wperp_name = (
-        "784-1024x3-10 b512",
-        "784-1024x8-10 b1024",
-        "784-1024x32-10 b1024",
-        "40-512x3-10 b512 (MNIST-1D)",
+# Scenario names, shared by a preset's scenarios and the targets that refer to them.
+_MLP = "784-1024x3-10 b512"
+_DEEP8 = "784-1024x8-10 b1024"
+_DEEP32 = "784-1024x32-10 b1024"
+_WPERP = "40-512x3-10 b512 (MNIST-1D)"
+_RESNET = "ResNet-18 3x32x32 b128"
+_RESNET_MEMORY = _RESNET + " (memory)"
+_VIT = "ViT 3x32x32 b128"
+_VIT6 = "ViT depth 6, 3x32x32 b128"
+_VIT24 = "ViT depth 24, 3x32x32 b128"
+_IMAGE = (3, 32, 32)
+_IMAGE_BATCH = 128
+
+_A1, _A16 = _activation(1).label, _activation(16).label
+_LOW = _activation(1, low_memory=True)
+_FROG = Method("frog-style loop k=16", "activation", 16, peer="frog-loop")
+
+
+def _image_scenario(
+    name: str,
+    model: str,
+    methods: tuple[Method, ...],
+    memory_only: bool = False,
+    options: tuple[tuple[str, object], ...] = (),
+) -> Scenario:
+    """An image model on 3x32x32 inputs, batch 128: timed, or measured for peak memory only."""
+    return Scenario(
+        name,
+        batch=_IMAGE_BATCH,
+        methods=methods,
+        model=model,
+        input_shape=_IMAGE,
+        options=options,
+        time=not memory_only,
+        memory=memory_only,
     )
-    memory_methods = (_activation(1), _activation(1, low_memory=True))
-    scenarios = [
-        Scenario(
-            mlp_name,
-            3,
-            1024,
-            512,
-            (
-                _activation(1),
-                _activation(16),
-                _activation(16, "projection"),
-                _activation(1, low_memory=True),
-                Method(
-                    "activation k=1 rademacher", "activation", options=(("sampler", "rademacher"),)
-                ),
-                Method("wt k=1", "wt"),
-                Method("weight k=1", "weight"),
-            ),
-        ),
-        Scenario(deep8, 8, 1024, 1024, memory_methods, time=False, memory=True),
-        Scenario(deep32, 32, 1024, 1024, memory_methods, time=False, memory=True),
-        Scenario(
-            wperp_name,
-            3,
-            512,
-            512,
-            (
-                Method("wt", "wt"),
-                Method("wperp rank 10", "wperp", options=(("rank", 10),)),
-                Method(
-                    "wperp rank 10 bf16 Gram",
-                    "wperp",
-                    options=(("rank", 10), ("gram_dtype", "bfloat16")),
-                ),
-            ),
-            in_features=40,
-        ),
-    ]
-    a1, a16 = _activation(1).label, _activation(16).label
-    lm = _activation(1, low_memory=True).label
-    targets = [
+
+
+def _activation_step_targets(scenario: str, prefix: str, limit: float) -> list[Target]:
+    """The two targets of every timed activation scenario: a k=1 step against backprop, and a
+    k=16 step against 16 one-tangent steps."""
+    return [
         Target(
-            "activation k=1 step <= 1.0x backprop",
+            f"{prefix}activation k=1 step <= {limit}x backprop",
             "time",
-            (mlp_name, a1),
-            (mlp_name, "backprop"),
-            1.0,
+            (scenario, _A1),
+            (scenario, "backprop"),
+            limit,
         ),
         Target(
-            "activation k=16 <= 0.5x of 16 one-tangent steps",
+            f"{prefix}activation k=16 <= 0.5x of 16 one-tangent steps",
             "time",
-            (mlp_name, a16),
-            (mlp_name, a1),
+            (scenario, _A16),
+            (scenario, _A1),
             0.5,
             factor=16,
         ),
-        Target(
-            "projection adds <= 10% to a k=16 step",
-            "time",
-            (mlp_name, _activation(16, "projection").label),
-            (mlp_name, a16),
-            1.10,
-        ),
-        Target(
-            "depth 32: BP-free peak memory <= 0.25x backprop",
-            "memory",
-            (deep32, lm),
-            (deep32, "backprop"),
-            0.25,
-        ),
-        Target(
-            "depth 32: BP-free peak memory <= 1.2x its own at depth 8",
-            "memory",
-            (deep32, lm),
-            (deep8, lm),
-            1.2,
-        ),
-        Target(
-            "wperp (rank 10) step <= 5x a wt step, width 512",
-            "time",
-            (wperp_name, "wperp rank 10"),
-            (wperp_name, "wt"),
-            5.0,
-        ),
-        Target(
-            "wperp (rank 10, bf16 Gram applies) step <= 5x a wt step, width 512",
-            "time",
-            (wperp_name, "wperp rank 10 bf16 Gram"),
-            (wperp_name, "wt"),
-            5.0,
-        ),
     ]
-    return Preset(scenarios, targets)
+
+
+def _performance_scenarios() -> list[Scenario]:
+    """The MLPs of the targets preset: one timed at depth 3, two for memory, one for W~perp."""
+    memory_methods = (_activation(1), _LOW)
+    mlp_methods = (
+        _activation(1),
+        _activation(16),
+        _activation(16, "projection"),
+        _LOW,
+        Method("activation k=1 rademacher", "activation", options=(("sampler", "rademacher"),)),
+        Method("wt k=1", "wt"),
+        Method("weight k=1", "weight"),
+    )
+    wperp_methods = (
+        Method("wt", "wt"),
+        Method("wperp rank 10", "wperp", options=(("rank", 10),)),
+        Method(
+            "wperp rank 10 bf16 Gram", "wperp", options=(("rank", 10), ("gram_dtype", "bfloat16"))
+        ),
+    )
+    return [
+        Scenario(_MLP, 3, 1024, 512, mlp_methods),
+        Scenario(_DEEP8, 8, 1024, 1024, memory_methods, time=False, memory=True),
+        Scenario(_DEEP32, 32, 1024, 1024, memory_methods, time=False, memory=True),
+        Scenario(_WPERP, 3, 512, 512, wperp_methods, in_features=40),
+    ]
+
+
+# (text, kind, numerator, denominator, threshold) of the targets preset beyond the step targets
+_PERFORMANCE_TARGETS = (
+    (
+        "projection adds <= 10% to a k=16 step",
+        "time",
+        (_MLP, _activation(16, "projection").label),
+        (_MLP, _A16),
+        1.10,
+    ),
+    (
+        "depth 32: BP-free peak memory <= 0.25x backprop",
+        "memory",
+        (_DEEP32, _LOW.label),
+        (_DEEP32, "backprop"),
+        0.25,
+    ),
+    (
+        "depth 32: BP-free peak memory <= 1.2x its own at depth 8",
+        "memory",
+        (_DEEP32, _LOW.label),
+        (_DEEP8, _LOW.label),
+        1.2,
+    ),
+    (
+        "wperp (rank 10) step <= 5x a wt step, width 512",
+        "time",
+        (_WPERP, "wperp rank 10"),
+        (_WPERP, "wt"),
+        5.0,
+    ),
+    (
+        "wperp (rank 10, bf16 Gram applies) step <= 5x a wt step, width 512",
+        "time",
+        (_WPERP, "wperp rank 10 bf16 Gram"),
+        (_WPERP, "wt"),
+        5.0,
+    ),
+)
+
+
+def targets_preset() -> Preset:
+    """The scenarios behind the performance targets (see the README's Performance section)."""
+    targets = _activation_step_targets(_MLP, "", 1.0)
+    targets += [Target(*row) for row in _PERFORMANCE_TARGETS]
+    return Preset(_performance_scenarios(), targets)
 
 
 def grid_preset(
@@ -211,79 +242,43 @@ def grid_preset(
     return Preset(scenarios)
 
 
-def models_preset(depth_scan: bool = True) -> Preset:
-    """ResNet-18 and the ViT (3x32x32, batch 128): activation perturbation with k = 1 and 16
-    against backprop and against the frog-style loop; peak memory of the low-memory mode."""
-    resnet, vit = "ResNet-18 3x32x32 b128", "ViT 3x32x32 b128"
-    vit6, vit24 = "ViT depth 6, 3x32x32 b128", "ViT depth 24, 3x32x32 b128"
-    timed = (
-        _activation(1),
-        _activation(16),
-        Method("frog-style loop k=16", "activation", 16, peer="frog-loop"),
-    )
-    low = _activation(1, low_memory=True)
-    image = (3, 32, 32)
+def _model_scenarios(depth_scan: bool) -> list[Scenario]:
+    """ResNet-18 and the ViT timed, ResNet-18's memory, and the ViT's at two depths."""
+    timed = (_activation(1), _activation(16), _FROG)
     scenarios = [
-        Scenario(resnet, batch=128, methods=timed, model="resnet18", input_shape=image),
-        Scenario(vit, batch=128, methods=timed, model="vit", input_shape=image),
-        Scenario(
-            resnet + " (memory)",
-            batch=128,
-            methods=(low,),
-            model="resnet18",
-            input_shape=image,
-            time=False,
-            memory=True,
-        ),
+        _image_scenario(_RESNET, "resnet18", timed),
+        _image_scenario(_VIT, "vit", timed),
+        _image_scenario(_RESNET_MEMORY, "resnet18", (_LOW,), memory_only=True),
     ]
     if depth_scan:
         scenarios += [
-            Scenario(
-                name,
-                batch=128,
-                methods=(low,),
-                model="vit",
-                input_shape=image,
-                options=(("depth", depth),),
-                time=False,
-                memory=True,
-            )
-            for name, depth in ((vit6, 6), (vit24, 24))
+            _image_scenario(name, "vit", (_LOW,), memory_only=True, options=(("depth", depth),))
+            for name, depth in ((_VIT6, 6), (_VIT24, 24))
         ]
-    a1, a16, frog = (m.label for m in timed)
+    return scenarios
+
+
+def _model_targets(depth_scan: bool) -> list[Target]:
+    """Per model the step targets and the frog-style loop's; then the memory targets."""
     targets = []
-    for sc in (resnet, vit):
+    for sc in (_RESNET, _VIT):
         short = sc.split(" ")[0]
-        targets += [
-            Target(
-                f"{short}: activation k=1 step <= 1.5x backprop",
-                "time",
-                (sc, a1),
-                (sc, "backprop"),
-                1.5,
-            ),
-            Target(
-                f"{short}: activation k=16 <= 0.5x of 16 one-tangent steps",
-                "time",
-                (sc, a16),
-                (sc, a1),
-                0.5,
-                factor=16,
-            ),
+        targets += _activation_step_targets(sc, f"{short}: ", 1.5)
+        targets.append(
             Target(
                 f"{short}: frog-style loop k=16 >= 1.7x our k=16 step",
                 "time",
-                (sc, a16),
-                (sc, frog),
+                (sc, _A16),
+                (sc, _FROG.label),
                 1 / 1.7,
-            ),
-        ]
+            )
+        )
     targets.append(
         Target(
             "ResNet-18: low-memory peak memory <= 0.5x backprop",
             "memory",
-            (resnet + " (memory)", low.label),
-            (resnet + " (memory)", "backprop"),
+            (_RESNET_MEMORY, _LOW.label),
+            (_RESNET_MEMORY, "backprop"),
             0.5,
         )
     )
@@ -292,12 +287,18 @@ def models_preset(depth_scan: bool = True) -> Preset:
             Target(
                 "ViT: low-memory peak memory at depth 24 <= 1.2x its own at depth 6",
                 "memory",
-                (vit24, low.label),
-                (vit6, low.label),
+                (_VIT24, _LOW.label),
+                (_VIT6, _LOW.label),
                 1.2,
             )
         )
-    return Preset(scenarios, targets)
+    return targets
+
+
+def models_preset(depth_scan: bool = True) -> Preset:
+    """ResNet-18 and the ViT (3x32x32, batch 128): activation perturbation with k = 1 and 16
+    against backprop and against the frog-style loop; peak memory of the low-memory mode."""
+    return Preset(_model_scenarios(depth_scan), _model_targets(depth_scan))
 
 
 PRESET_NAMES = ("targets", "models", "grid", "quick")

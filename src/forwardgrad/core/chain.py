@@ -247,6 +247,62 @@ def loss_jvp(
     return losses, jvps
 
 
+def _site_forward(
+    plan: SitePlan,
+    site: ChainSite,
+    h: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn,
+    site_tangents: SiteTangentFn | None,
+    k: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """A site's primal step on its input ``h``: pre-activation ``s``, the followers' output and
+    derivative ``phi'(s)``, and the tangents (k, *s.shape) a guess injects on ``s`` (or None)."""
+    s = torch.nn.functional.linear(h, site.module.weight, site.module.bias)
+    out, act_grad = elementwise_derivative(site.followers, s)
+    if site_tangents is None:
+        return s, out, act_grad, None
+    ctx = SiteContext(
+        site,
+        site.index,
+        s,
+        plan=plan,
+        inputs=h,
+        act_grad=act_grad,
+        outputs=out,
+        targets=targets,
+        loss_fn=loss_fn,
+        is_last=site.index == len(plan.sites) - 1,
+    )
+    u = site_tangents(ctx)
+    if u is not None and u.shape != (k, *s.shape):
+        raise ValueError(
+            f"site {site.name!r}: tangents must have shape {(k, *s.shape)}, got {tuple(u.shape)}"
+        )
+    return s, out, act_grad, u
+
+
+def _preactivation_tangents(
+    t: Tensor | None, u: Tensor | None, weight: Tensor
+) -> tuple[Tensor | None, bool]:
+    """``t W^T + u``: tangents arriving from the previous site plus the injected ones, in one
+    fused ``addmm`` when both exist. The flag says the result is a buffer of our own (safe
+    to write in place)."""
+    if t is None:
+        return u, False
+    if u is None:
+        return torch.matmul(t, weight.t()), True
+    t_s = torch.addmm(u.reshape(-1, u.shape[-1]), t.reshape(-1, t.shape[-1]), weight.t())
+    return t_s.view(u.shape), True
+
+
+def _through_followers(t_s: Tensor | None, owned: bool, act_grad: Tensor) -> Tensor | None:
+    """Push pre-activation tangents through the elementwise followers: ``phi'(s) * t_s``."""
+    if t_s is None:
+        return None
+    return t_s.mul_(act_grad) if owned else act_grad * t_s
+
+
 def forward_jvp(
     plan: SitePlan,
     x: Tensor,
@@ -285,40 +341,9 @@ def forward_jvp(
         h = m(h)
     t: Tensor | None = None  # tangents of the current activation, (k, B, d)
     calls: list[SiteCall] = []
-    last = len(plan.sites) - 1
     for site in plan.sites:
-        w, b = site.module.weight, site.module.bias
-        s = torch.nn.functional.linear(h, w, b)
-        out, act_grad = elementwise_derivative(site.followers, s)
-        u = None
-        if site_tangents is not None:
-            ctx = SiteContext(
-                site,
-                site.index,
-                s,
-                plan=plan,
-                inputs=h,
-                act_grad=act_grad,
-                outputs=out,
-                targets=targets,
-                loss_fn=loss_fn,
-                is_last=site.index == last,
-            )
-            u = site_tangents(ctx)
-            if u is not None and u.shape != (k, *s.shape):
-                raise ValueError(
-                    f"site {site.name!r}: tangents must have shape {(k, *s.shape)}, "
-                    f"got {tuple(u.shape)}"
-                )
-        # Tangents arriving from the previous site, plus the injected ones, in one fused
-        # ``addmm`` when both exist; t_s is then this function's own buffer (safe in place).
-        if t is None:
-            t_s, owned = u, False
-        elif u is None:
-            t_s, owned = torch.matmul(t, w.t()), True
-        else:
-            t_s = torch.addmm(u.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), w.t())
-            t_s, owned = t_s.view(u.shape), True
+        s, out, act_grad, u = _site_forward(plan, site, h, targets, loss_fn, site_tangents, k)
+        t_s, owned = _preactivation_tangents(t, u, site.module.weight)
         t = None  # the previous layer's tangents are no longer needed: free them now
         if weight_tangents is not None:
             t_s, owned = _add_weight_tangents(site, h, weight_tangents, t_s, owned)
@@ -333,13 +358,10 @@ def forward_jvp(
             )
         )
         h = out
-        if t_s is None:
-            t = None
-        else:
-            t = t_s.mul_(act_grad) if owned else act_grad * t_s
+        t = _through_followers(t_s, owned, act_grad)
         # Drop this site's temporaries before the next site allocates its own, so at most one
         # site's worth is alive (this is what keeps low-memory mode flat in depth).
-        s = t_s = out = act_grad = u = ctx = None
+        s = t_s = out = act_grad = u = None
     losses, jvps = loss_jvp(loss_fn, h, targets, t)
     if jvps is None:
         jvps = torch.zeros(k, h.shape[0], dtype=h.dtype, device=h.device)

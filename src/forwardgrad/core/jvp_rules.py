@@ -204,7 +204,49 @@ def _bind_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 _CONVS = {torch.conv1d: F.conv1d, torch.conv2d: F.conv2d, F.conv1d: F.conv1d, F.conv2d: F.conv2d}
-_LINEARS = (F.linear, torch._C._nn.linear)
+
+
+# Each takes (func, args, kwargs) of a call and returns its lean result, or None where the lean
+# formula does not apply (PyTorch's own then runs).
+
+
+def _lean_linear(func, args, kwargs):
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    return _Linear.apply(x, w, b) if _lean(x, w, b) else None
+
+
+def _lean_conv(func, args, kwargs):
+    bound = _bind_conv(*args, **kwargs)
+    return _Conv.apply(_CONVS[func], *bound) if _lean(*bound[:3]) else None
+
+
+def _lean_group_norm(func, args, kwargs):
+    x, groups, w, b, eps = _bind_group_norm(*args, **kwargs)
+    return _GroupNorm.apply(x, groups, w, b, eps)[0] if _lean(x, w, b) else None
+
+
+def _lean_layer_norm(func, args, kwargs):
+    x, shape, w, b, eps = _bind_layer_norm(*args, **kwargs)
+    return _LayerNorm.apply(x, shape, w, b, eps)[0] if _lean(x, w, b) else None
+
+
+def _lean_attention(func, args, kwargs):
+    q, k, v, mask, dropout, causal, scale, gqa = _bind_attention(*args, **kwargs)
+    carries = any(_tangent(t) is not None for t in (q, k, v))
+    if carries and dropout == 0.0 and not gqa and _tangent(mask) is None:
+        return _Attention.apply(q, k, v, mask, causal, scale)
+    return None
+
+
+_LEAN_CALLS = {
+    F.linear: _lean_linear,
+    torch._C._nn.linear: _lean_linear,
+    **dict.fromkeys(_CONVS, _lean_conv),
+    F.group_norm: _lean_group_norm,
+    F.layer_norm: _lean_layer_norm,
+    F.scaled_dot_product_attention: _lean_attention,
+}
 
 
 class LeanForwardAD(TorchFunctionMode):
@@ -214,29 +256,9 @@ class LeanForwardAD(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _LINEARS:
-            x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _lean(x, w, b):
-                return _Linear.apply(x, w, b)
-        elif func in _CONVS:
-            bound = _bind_conv(*args, **kwargs)
-            if _lean(*bound[:3]):
-                return _Conv.apply(_CONVS[func], *bound)
-        elif func is F.group_norm:
-            x, groups, w, b, eps = _bind_group_norm(*args, **kwargs)
-            if _lean(x, w, b):
-                return _GroupNorm.apply(x, groups, w, b, eps)[0]
-        elif func is F.layer_norm:
-            x, shape, w, b, eps = _bind_layer_norm(*args, **kwargs)
-            if _lean(x, w, b):
-                return _LayerNorm.apply(x, shape, w, b, eps)[0]
-        elif func is F.scaled_dot_product_attention:
-            q, k, v, mask, dropout, causal, scale, gqa = _bind_attention(*args, **kwargs)
-            carries = any(_tangent(t) is not None for t in (q, k, v))
-            if carries and dropout == 0.0 and not gqa and _tangent(mask) is None:
-                return _Attention.apply(q, k, v, mask, causal, scale)
-        return func(*args, **kwargs)
+        lean = _LEAN_CALLS.get(func)
+        out = None if lean is None else lean(func, args, kwargs)
+        return func(*args, **kwargs) if out is None else out
 
 
 def _lean(x, *params) -> bool:

@@ -13,7 +13,9 @@ from ..core.samplers import SAMPLERS
 from .contexts import SiteContext, flat, site_contexts
 
 if TYPE_CHECKING:
+    from ..core.chain import SitePlan
     from ..estimation import Estimator
+    from ..guesses.base import GuessOptions
 
 # Sites wider than this (per example) get no d x d second moment: it would not fit in memory
 # for a conv net's activities; their rows say so.
@@ -27,6 +29,62 @@ def _identity_factor(ctx: SiteContext) -> Tensor:
 
 def _width(ctx: SiteContext) -> int:
     return int(ctx.preact[0].numel())
+
+
+# Samplers whose tangents have second moment I (activation guesses).
+_ISOTROPIC_SAMPLERS = ("normal", "rademacher", "orthonormal", "angle")
+
+# Next-layer guesses that are isotropic at the last site (it has no next layer).
+_ISOTROPIC_AT_LAST_SITE = ("wt", "wperp", "preconditioned", "mixing", "downstream")
+
+
+def _activation_factor(
+    ctx: SiteContext, name: str, options: GuessOptions, total_width: int
+) -> Tensor | None:
+    """``I`` (masked for ``activation-masked``, scaled for ``normalize``), where the sampler's
+    law is known."""
+    if options.sampler not in _ISOTROPIC_SAMPLERS:
+        return None
+    factor = _identity_factor(ctx)
+    mask = ctx.act_grad if name == "activation-masked" else None
+    if mask is not None:
+        factor = factor * (flat(mask) != 0).double().unsqueeze(-1)
+    if options.normalize:
+        factor = factor / math.sqrt(total_width)
+    return factor
+
+
+def _next_layer_factor(
+    ctx: SiteContext, name: str, options: GuessOptions, plan: SitePlan
+) -> Tensor | None:
+    """The factor of a next-layer guess at a site that has a next layer, where it is known."""
+    from ..guesses.subspace import masked_jacobian, svd_subspace
+
+    weight = plan.next_site(ctx.index).weight.detach().double()
+    mask = ctx.act_grad.double()
+    if name == "wt":
+        return masked_jacobian(weight, mask)
+    if name == "wperp" and options.solver == "svd":
+        basis, keep = svd_subspace(weight, mask, options.rank, bottom=options.bottom)
+        return (basis * keep.unsqueeze(1)).transpose(1, 2)
+    if name == "preconditioned" and weight.shape[0] >= weight.shape[1]:
+        return _identity_factor(ctx)
+    return None
+
+
+def _site_factor(
+    ctx: SiteContext, name: str, options: GuessOptions, plan: SitePlan | None, total_width: int
+) -> Tensor | None:
+    """One site call's factor, or None where the law is not known in closed form."""
+    if _width(ctx) > MAX_COVARIANCE_WIDTH:
+        return None
+    if name in ("activation", "activation-masked"):
+        return _activation_factor(ctx, name, options, total_width)
+    if ctx.is_last:
+        return _identity_factor(ctx) if name in _ISOTROPIC_AT_LAST_SITE else None
+    if plan is None:
+        return None
+    return _next_layer_factor(ctx, name, options, plan)
 
 
 def closed_form_covariance_factor(
@@ -48,42 +106,12 @@ def closed_form_covariance_factor(
     Returns one float64 tensor ``(B, r, d_i)`` or None per site call. Isotropic guesses with
     ``normalize=True`` have ``E[uu^T] = I / n`` with n the whole activity dimension.
     """
-    from ..guesses.subspace import masked_jacobian, svd_subspace
-
     name, o = estimator.guess_name, estimator.guess.options
     engine = estimator.engine_for(x, targets)
     contexts = site_contexts(engine, x, targets, estimator.loss_fn)
     total_width = sum(engine.layout.widths)
     plan = estimator.plan
-    out: list[Tensor | None] = []
-    for ctx in contexts:
-        factor: Tensor | None = None
-        if _width(ctx) > MAX_COVARIANCE_WIDTH:
-            pass
-        elif name in ("activation", "activation-masked"):
-            if o.sampler in ("normal", "rademacher", "orthonormal", "angle"):
-                factor = _identity_factor(ctx)
-                mask = ctx.act_grad if name == "activation-masked" else None
-                if mask is not None:
-                    factor = factor * (flat(mask) != 0).double().unsqueeze(-1)
-                if o.normalize:
-                    factor = factor / math.sqrt(total_width)
-        elif ctx.is_last:
-            if name in ("wt", "wperp", "preconditioned", "mixing", "downstream"):
-                factor = _identity_factor(ctx)
-        elif plan is not None:
-            nxt = plan.next_site(ctx.index)
-            weight = nxt.weight.detach().double()
-            mask = ctx.act_grad.double()
-            if name == "wt":
-                factor = masked_jacobian(weight, mask)
-            elif name == "wperp" and o.solver == "svd":
-                basis, keep = svd_subspace(weight, mask, o.rank, bottom=o.bottom)
-                factor = (basis * keep.unsqueeze(1)).transpose(1, 2)
-            elif name == "preconditioned" and weight.shape[0] >= weight.shape[1]:
-                factor = _identity_factor(ctx)
-        out.append(factor)
-    return out
+    return [_site_factor(ctx, name, o, plan, total_width) for ctx in contexts]
 
 
 def covariance_distance(cov: Tensor) -> Tensor:

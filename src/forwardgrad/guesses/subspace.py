@@ -15,6 +15,8 @@ W~⊥ needs only the span of the top-k right singular vectors of W~_b (``V_k U_k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -256,6 +258,65 @@ def _orthonormal_rows(v: Tensor) -> Tensor:
     return v
 
 
+def _masked_gram_apply(
+    gram: Tensor, mask: Tensor, p: int, gram_dtype: torch.dtype | None
+) -> Callable[[Tensor], Tensor]:
+    """``z -> A_b z_b`` for every example b, blocks of p vectors as rows (B, p, d1), with
+    ``A_b = diag(m_b) G diag(m_b)``: one ``(B p, d1) x (d1, d1)`` matmul, in ``gram_dtype``
+    when that differs from the input precision."""
+    b, d1 = mask.shape
+    dtype = gram.dtype
+    m = mask.unsqueeze(1)  # (B, 1, d1)
+    low = gram_dtype is not None and gram_dtype != dtype
+    gram_low = gram.to(gram_dtype) if low else gram
+    # Every block applied is already masked (start * m, or rows of A z); a 0/1 mask (ReLU) is
+    # idempotent, so those need no second mask.
+    binary = bool(((mask == 0) | (mask == 1)).all())
+
+    def apply(z: Tensor) -> Tensor:
+        zm = z if binary else z * m
+        if low:
+            y = (zm.view(b * p, d1).to(gram_dtype) @ gram_low).to(dtype)
+        else:
+            y = zm.view(b * p, d1) @ gram
+        return y.view(b, p, d1).mul_(m)
+
+    return apply
+
+
+def _start_block(gram: Tensor, p: int, generator: torch.Generator) -> Tensor:
+    """Orthonormal columns (d1, p) near the top-p eigenvectors of the shared Gram matrix, from a
+    random block and a few subspace iterations."""
+    start = torch.randn(
+        gram.shape[0], p, generator=generator, device=generator.device, dtype=gram.dtype
+    )
+    for _ in range(_START_ITERATIONS):
+        start = torch.linalg.qr(gram @ start)[0]
+    return start
+
+
+def _nystrom_top(z: Tensor, y: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+    """Top-kk eigenvectors as rows (B, kk, d1) and their eigenvalues' square roots (B, kk) of
+    the Nystrom approximation from blocks ``z`` and ``y = A z`` (B, p, d1)."""
+    # Nystrom: with C = Z^T A Z = L L^T (shifted: Z's masked rows can be nearly dependent),
+    # A ~ F F^T for F = Y L^-T, whose top left singular vectors are F E S^-1, E and S^2 the top
+    # eigenpairs of F^T F = L^-1 Y^T Y L^-T. So the basis is Y (L^-T E S^-1): one tall product.
+    p = z.shape[1]
+    c = (z @ y.transpose(-1, -2)).double()
+    c = 0.5 * (c + c.transpose(-1, -2))
+    scale = c.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30).view(-1, 1, 1)
+    eye = torch.eye(p, dtype=c.dtype, device=c.device)
+    inv = _lower_inverse(torch.linalg.cholesky(c + _NYSTROM_SHIFT * scale * eye))
+    ftf = inv @ (y @ y.transpose(-1, -2)).double() @ inv.transpose(-1, -2)
+    evals, evecs = torch.linalg.eigh(0.5 * (ftf + ftf.transpose(-1, -2)))
+    evals, evecs = evals[..., -kk:].flip(-1).clamp_min(0), evecs[..., -kk:].flip(-1)
+    # (examples with fewer than kk active units have zero eigenvalues: their rows come out 0)
+    inv_s = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), 0.0)
+    coef = (evecs * inv_s.unsqueeze(-2)).transpose(-1, -2) @ inv  # (B, kk, p)
+    rows = _orthonormal_rows(coef.to(y.dtype) @ y)
+    return rows, evals.sqrt().to(y.dtype)
+
+
 def randomized_subspace(
     weight: Tensor,
     mask: Tensor,
@@ -289,7 +350,6 @@ def randomized_subspace(
     ``(B, k)`` (descending; Nystrom's never exceed the exact ones).
     """
     d2, d1 = weight.shape
-    b = mask.shape[0]
     p = min(k + oversample, d1)
     if d2 <= p:
         return _row_space_subspace(weight, mask, k)
@@ -298,43 +358,9 @@ def randomized_subspace(
         kk = min(k, basis.shape[-1])
         return basis[..., :kk], svals[..., :kk]
     gram = weight.t() @ weight  # (d1, d1), symmetric, shared by every example
-    m = mask.unsqueeze(1)  # (B, 1, d1)
-    low = gram_dtype is not None and gram_dtype != weight.dtype
-    gram_low = gram.to(gram_dtype) if low else gram
-
-    # Every block applied below is already masked (start * m, or rows of A z); a 0/1 mask
-    # (ReLU) is idempotent, so those need no second mask.
-    binary = bool(((mask == 0) | (mask == 1)).all())
-
-    def apply(z: Tensor) -> Tensor:  # A_b z_b for every b, as rows: (B, p, d1)
-        zm = z if binary else z * m
-        if low:
-            y = (zm.view(b * p, d1).to(gram_dtype) @ gram_low).to(weight.dtype)
-        else:
-            y = zm.view(b * p, d1) @ gram
-        return y.view(b, p, d1).mul_(m)
-
-    start = torch.randn(d1, p, generator=generator, device=generator.device, dtype=weight.dtype)
-    for _ in range(_START_ITERATIONS):
-        start = torch.linalg.qr(gram @ start)[0]
-    z = start.t().unsqueeze(0) * m  # (B, p, d1)
+    apply = _masked_gram_apply(gram, mask, p, gram_dtype)
+    z = _start_block(gram, p, generator).t().unsqueeze(0) * mask.unsqueeze(1)  # (B, p, d1)
     for _ in range(iterations):
         z = _orthonormal_rows(apply(z))
-    y = apply(z)
-    # Nystrom: with C = Z^T A Z = L L^T (shifted: Z's masked rows can be nearly dependent),
-    # A ~ F F^T for F = Y L^-T, whose top left singular vectors are F E S^-1, E and S^2 the top
-    # eigenpairs of F^T F = L^-1 Y^T Y L^-T. So the basis is Y (L^-T E S^-1): one tall product.
-    c = (z @ y.transpose(-1, -2)).double()
-    c = 0.5 * (c + c.transpose(-1, -2))
-    scale = c.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30).view(-1, 1, 1)
-    eye = torch.eye(p, dtype=c.dtype, device=c.device)
-    inv = _lower_inverse(torch.linalg.cholesky(c + _NYSTROM_SHIFT * scale * eye))
-    ftf = inv @ (y @ y.transpose(-1, -2)).double() @ inv.transpose(-1, -2)
-    evals, evecs = torch.linalg.eigh(0.5 * (ftf + ftf.transpose(-1, -2)))
-    kk = min(k, p, d2)
-    evals, evecs = evals[..., -kk:].flip(-1).clamp_min(0), evecs[..., -kk:].flip(-1)
-    # (examples with fewer than kk active units have zero eigenvalues: their rows come out 0)
-    inv_s = torch.where(evals > 0, evals.clamp_min(1e-300).rsqrt(), 0.0)
-    coef = (evecs * inv_s.unsqueeze(-2)).transpose(-1, -2) @ inv  # (B, kk, p)
-    rows = _orthonormal_rows(coef.to(weight.dtype) @ y)
-    return rows.transpose(-1, -2), evals.sqrt().to(weight.dtype)
+    rows, svals = _nystrom_top(z, apply(z), min(k, p, d2))
+    return rows.transpose(-1, -2), svals
