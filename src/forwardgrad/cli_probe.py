@@ -265,19 +265,14 @@ def _by_layer(rows: list[dict] | None) -> dict[int, dict]:
     return {r["layer"]: r for r in rows or []}
 
 
-def _guess_report(res: dict) -> str:
-    head = (
-        f"{res['spec']}  (tangents {res['tangents']}, {res['aggregate']}; "
-        f"{res['examples']} examples, loss {res['loss']:.4f})"
-    )
-    bv = res.get("bias_variance")
-    cov = res.get("covariance")
+def _layer_table(res: dict) -> str:
+    """One row per layer (cosine, relative norm, and bias/variance and covariance when
+    measured), then the whole-model row."""
+    bv, cov = res.get("bias_variance"), res.get("covariance")
     bv_layers, cov_layers = _by_layer(bv and bv["layers"]), _by_layer(cov and cov["layers"])
     headers = ["layer", "shape", "cosine", "rel_norm"]
-    if bv:
-        headers += ["bias", "variance", "bias_se"]
-    if cov:
-        headers += ["cov-I", "cov-I exact"]
+    headers += ["bias", "variance", "bias_se"] if bv else []
+    headers += ["cov-I", "cov-I exact"] if cov else []
     rows = []
     for layer in res["layers"]:
         i = layer["layer"]
@@ -290,79 +285,92 @@ def _guess_report(res: dict) -> str:
             row += [c.get("frobenius"), c.get("closed_form")]
         rows.append(row)
     total = ["all", "", res["cosine"], res["rel_norm"]]
+    total += [bv["bias"], bv["variance"], bv["bias_se"]] if bv else []
+    total += ["", ""] if cov else []
+    return _table(headers, [*rows, total])
+
+
+def _guess_notes(res: dict) -> list[str]:
+    """What the table's extra columns mean, and the measurements that are no column."""
+    bv, cov, one = res.get("bias_variance"), res.get("covariance"), res.get("one_step")
+    notes = []
     if bv:
-        total += [bv["bias"], bv["variance"], bv["bias_se"]]
-    if cov:
-        total += ["", ""]
-    rows.append(total)
-    parts = [head, _table(headers, rows)]
-    if bv:
-        parts.append(
+        notes.append(
             f"bias, variance: {bv['space']} space, {bv['draws']} draws (W~perp paper Eqs. 17-18); "
             "bias_se: the bias measurement's noise floor"
         )
     if cov:
-        parts.append(
+        notes.append(
             f"cov-I: ||E[uu^T] - I||_F per example from {cov['draws']} tangents, mean over "
             f"{cov['examples']} examples; exact: the closed form where the guess's law is known"
         )
     if "cosine_std" in res:
-        parts.append(f"cosine std over the draws: {_fmt(res['cosine_std'])}")
-    one = res.get("one_step")
+        notes.append(f"cosine std over the draws: {_fmt(res['cosine_std'])}")
     if one:
         eff = one["effectiveness"]
-        parts.append(
+        notes.append(
             f"1-step effectiveness: {_fmt(eff)}"
             + (f" ± {_fmt(one['effectiveness_std'])}" if one["effectiveness_std"] else "")
             + f" (best steps {', '.join(_fmt(s) for s in one['best_steps'])}; backprop's best "
             f"step {_fmt(one['backprop_step'])}, loss decrease {_fmt(one['backprop_decrease'])})"
         )
-    for name, why in res.get("skipped", {}).items():
-        parts.append(f"skipped {name}: {why}")
-    return "\n".join(parts)
+    return notes + [f"skipped {name}: {why}" for name, why in res.get("skipped", {}).items()]
+
+
+def _guess_report(res: dict) -> str:
+    head = (
+        f"{res['spec']}  (tangents {res['tangents']}, {res['aggregate']}; "
+        f"{res['examples']} examples, loss {res['loss']:.4f})"
+    )
+    return "\n".join([head, _layer_table(res), *_guess_notes(res)])
+
+
+def _weights_table(model: dict, overlap_k: int) -> str | None:
+    """Effective ranks of the weights and overlaps of W~'s top subspaces, per layer."""
+    ranks, overlaps = _by_layer(model.get("effective_rank")), _by_layer(model.get("overlap"))
+    if not (ranks or overlaps):
+        return None
+    headers = ["layer", "shape"]
+    headers += ["erank(W)", "rank(W)"] if ranks else []
+    headers += ["rank(W~)", "overlap@1", f"overlap@{overlap_k}"] if overlaps else []
+    rows = []
+    for i in sorted(set(ranks) | set(overlaps)):
+        r, o = ranks.get(i), overlaps.get(i)
+        row = [i, r["shape"] if r else ""]
+        if ranks:
+            row += [r and r["effective_rank"], r and r["rank"]]
+        if overlaps:
+            curve = o["overlap"] if o else []
+            at = curve[min(overlap_k, len(curve)) - 1] if curve else None
+            row += [o and o["rank"], curve[0] if curve else None, at]
+        rows.append(row)
+    return "model: weights and upstream Jacobians W~ = W_(i+1) diag(phi'(s_i))\n" + _table(
+        headers, rows
+    )
+
+
+def _spectra_table(spectra: list[dict]) -> str:
+    """Effective rank and largest singular value of the Jacobians over l layers."""
+    ls = sorted({s["layers"] for s in spectra})
+    cells = {(s["layer"], s["layers"]): s for s in spectra}
+    rows = []
+    for i in sorted({s["layer"] for s in spectra}):
+        row: list = [i]
+        for v in ls:
+            s = cells.get((i, v))
+            row.append(f"{s['effective_rank']:.1f} [{s['sigma_max']:.2f}]" if s else "")
+        rows.append(row)
+    return "Jacobian J(s_i -> s_i+l): mean effective rank [mean sigma_max]\n" + _table(
+        ["layer"] + [f"l={v}" for v in ls], rows, left=1
+    )
 
 
 def _model_report(model: dict, overlap_k: int) -> str | None:
-    parts = []
-    ranks, overlaps = _by_layer(model.get("effective_rank")), _by_layer(model.get("overlap"))
-    if ranks or overlaps:
-        headers = ["layer", "shape"]
-        if ranks:
-            headers += ["erank(W)", "rank(W)"]
-        if overlaps:
-            headers += ["rank(W~)", "overlap@1", f"overlap@{overlap_k}"]
-        rows = []
-        for i in sorted(set(ranks) | set(overlaps)):
-            r, o = ranks.get(i), overlaps.get(i)
-            row = [i, r["shape"] if r else ""]
-            if ranks:
-                row += [r and r["effective_rank"], r and r["rank"]]
-            if overlaps:
-                curve = o["overlap"] if o else []
-                at = curve[min(overlap_k, len(curve)) - 1] if curve else None
-                row += [o and o["rank"], curve[0] if curve else None, at]
-            rows.append(row)
-        parts.append(
-            "model: weights and upstream Jacobians W~ = W_(i+1) diag(phi'(s_i))\n"
-            + _table(headers, rows)
-        )
-    spectra = model.get("jacobian")
-    if spectra:
-        ls = sorted({s["layers"] for s in spectra})
-        cells = {(s["layer"], s["layers"]): s for s in spectra}
-        rows = []
-        for i in sorted({s["layer"] for s in spectra}):
-            row: list = [i]
-            for v in ls:
-                s = cells.get((i, v))
-                row.append(f"{s['effective_rank']:.1f} [{s['sigma_max']:.2f}]" if s else "")
-            rows.append(row)
-        parts.append(
-            "Jacobian J(s_i -> s_i+l): mean effective rank [mean sigma_max]\n"
-            + _table(["layer"] + [f"l={v}" for v in ls], rows, left=1)
-        )
-    for name, why in model.get("skipped", {}).items():
-        parts.append(f"skipped {name}: {why}")
+    parts = [_weights_table(model, overlap_k)]
+    if model.get("jacobian"):
+        parts.append(_spectra_table(model["jacobian"]))
+    parts += [f"skipped {name}: {why}" for name, why in model.get("skipped", {}).items()]
+    parts = [p for p in parts if p]
     return "\n\n".join(parts) if parts else None
 
 

@@ -456,28 +456,41 @@ def coerce(key: str, value: Any) -> Any:
         ) from None
 
 
-def _convert(base: type, value: Any) -> Any:
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ValueError
-    if base is int:
-        if isinstance(value, bool) or isinstance(value, (list, dict)):
-            raise ValueError
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError
-        return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise ValueError
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
     return value
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _convert(base: type, value: Any) -> Any:
+    """``value`` as a ``base`` (ValueError when it is not one, in TOML's or the flags' terms)."""
+    convert = _CONVERTERS.get(base)
+    return convert(value) if convert is not None else value
 
 
 def _unknown_key_message(key: str, allowed: list[str]) -> str:
