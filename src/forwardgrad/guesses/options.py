@@ -1,7 +1,8 @@
 """The options a guess may read, each declared once (default, help, allowed range).
 
-:class:`~forwardgrad.config.TrainConfig` takes these fields as they are, so each is a TOML key
-and a command-line flag too; each guess lists the ones it reads in its ``options``.
+:class:`~forwardgrad.training.config.TrainConfig` takes these fields as they are, so each is a
+TOML key and a command-line flag too; each guess lists the ones it reads in its
+``option_names``.
 """
 
 from __future__ import annotations

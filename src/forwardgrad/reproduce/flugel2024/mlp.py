@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ...config import TrainConfig
-from ...ensure import ensure_trained
+from ...training.config import TrainConfig
+from ...training.ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, draw_methods_against_k, new_figure
 from .common import (

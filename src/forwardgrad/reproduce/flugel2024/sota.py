@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ...config import TrainConfig
 from ...data import Dataset, load_dataset
-from ...ensure import ensure_trained
+from ...training.config import TrainConfig
+from ...training.ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row
 from .common import PAPER, compute_note, method_label, seed_range, torch_threads
@@ -71,7 +71,7 @@ def load_budget_data(budget: SotaBudget) -> Dataset:
 
 def perturbed_dimension(cfg: TrainConfig, data: Dataset) -> int:
     """n: the activity numbers per example that carry tangents (every site's output)."""
-    from ...train import build_estimator, build_model, step_units
+    from ...training.train import build_estimator, build_model, step_units
 
     with torch.random.fork_rng():  # building a model draws from the global generator
         model = build_model(cfg, data)

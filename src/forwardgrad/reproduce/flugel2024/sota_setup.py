@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import TrainConfig
+from ...training.config import TrainConfig
 from .common import DATA_DIR, method_entries
 from .network_runs import METHODS
 

@@ -1,8 +1,8 @@
 """Singhal et al. 2023, *How to Guess a Gradient*: Fig. 1 table, Table 2, Figs. 2, 4, 5 and 7.
 
-Six experiments, all on MLPs trained by :func:`forwardgrad.train.train` (through
-:func:`forwardgrad.compare.compare` where several guesses are trained side by side) and measured
-with :mod:`forwardgrad.diagnostics`, one module each:
+Six experiments, all on MLPs trained by :func:`forwardgrad.training.train.train` (through
+:func:`forwardgrad.training.compare.compare` where several guesses are trained side by side) and
+measured with :mod:`forwardgrad.diagnostics`, one module each:
 
 * ``guess-cosine`` (Fig. 1, :mod:`.fig1_cosine`): cosine and 1-step effectiveness of each guess
   along a backprop trajectory;

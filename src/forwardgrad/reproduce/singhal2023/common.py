@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...compare import run_dir_name
-from ...config import TrainConfig
 from ...data import Dataset, load_dataset
 from ...io import read_jsonl
 from ...stats import mean_and_se
+from ...training.compare import run_dir_name
+from ...training.config import TrainConfig
 from .runs import run_seconds
 
 PAPER = "Singhal et al. 2023, How to Guess a Gradient (arXiv 2312.04709)"

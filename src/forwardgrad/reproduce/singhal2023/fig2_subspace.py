@@ -15,7 +15,7 @@ from ...core.chain import chain_plan
 from ...data import Dataset
 from ...diagnostics import activity_gradients, site_contexts
 from ...estimation import cross_entropy_per_example
-from ...train import probe_batch
+from ...training.train import probe_batch
 from ..flugel2024.expected_cosine import projection_cosine
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, Tolerance, new_figure

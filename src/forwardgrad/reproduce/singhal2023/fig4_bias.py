@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ...config import TrainConfig
 from ...data import Dataset
 from ...estimation import Estimator
 from ...io import read_jsonl
+from ...training.config import TrainConfig
 from ..flugel2024.expected_cosine import gaussian_sum_cosine
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, Tolerance, draw_curve, new_figure

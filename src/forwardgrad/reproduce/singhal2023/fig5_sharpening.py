@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ...compare import compare
-from ...config import TrainConfig
 from ...data import Dataset
 from ...diagnostics import effective_rank, probe
 from ...estimation import Estimator
-from ...train import probe_batch
+from ...training.compare import compare
+from ...training.config import TrainConfig
+from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, Tolerance, new_figure
 from .common import (

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from ...compare import compare
 from ...data import Dataset
 from ...diagnostics import jacobian_spectra
-from ...train import probe_batch
+from ...training.compare import compare
+from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
 from .common import (

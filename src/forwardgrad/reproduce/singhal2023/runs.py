@@ -13,12 +13,12 @@ from typing import Any
 
 from torch import nn
 
-from ...config import TrainConfig
 from ...data import Dataset
-from ...ensure import ensure_trained
 from ...io import read_jsonl, write_jsonl
-from ...train import EstimatorFactory, initial_model
-from ...train import checkpoint_model as load_checkpoint_model
+from ...training.config import TrainConfig
+from ...training.ensure import ensure_trained
+from ...training.train import EstimatorFactory, initial_model
+from ...training.train import checkpoint_model as load_checkpoint_model
 
 
 def checkpoint_model(cfg: TrainConfig, data: Dataset, run_dir: Path) -> nn.Module:

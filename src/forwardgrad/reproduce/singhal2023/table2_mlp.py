@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ...compare import compare
-from ...config import parse_guess_spec
+from ...training.compare import compare
+from ...training.config import parse_guess_spec
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, Tolerance, new_figure
 from .common import (

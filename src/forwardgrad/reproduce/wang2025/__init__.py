@@ -3,8 +3,8 @@
 Six experiments share one setting (the paper's §4.1): an MLP with 3 hidden ReLU layers of equal
 width and no biases (the paper optimises only the weights; its code never adds the biases),
 cross-entropy, AdamW (lr 1e-4, PyTorch's default weight decay 0.01), batch 512, 300 epochs,
-one tangent per step. Every training run is a plain :func:`forwardgrad.train.train` run under
-``OUT/runs/width<W>/<guess spec>/seed<s>`` (checkpoints included; ``runs/`` is git-ignored); a
+one tangent per step. Every training run is a plain :func:`forwardgrad.training.train.train` run
+under ``OUT/runs/width<W>/<guess spec>/seed<s>`` (checkpoints included; ``runs/`` is git-ignored); a
 finished run is reused when the experiment is run again and an interrupted one resumes from its
 checkpoint.
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
-from ...train import probe_batch
+from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
 from .common import (

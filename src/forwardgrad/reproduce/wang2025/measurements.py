@@ -20,7 +20,7 @@ from ...diagnostics import (
     overlap_curves,
 )
 from ...estimation import cross_entropy_per_example
-from ...train import build_estimator, probe_batch
+from ...training.train import build_estimator, probe_batch
 from ..report import Row
 from .common import Budget, Contender, count, labels_and_order, paper_scale, seed_mean, specs
 from .runs import measured_run

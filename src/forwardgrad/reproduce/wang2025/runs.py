@@ -16,12 +16,12 @@ from pathlib import Path
 
 from torch import nn
 
-from ...config import TrainConfig
 from ...data import Dataset
-from ...ensure import ensure_trained
 from ...io import atomic_write, write_json
-from ...train import checkpoint_model as load_checkpoint_model
-from ...train import initial_model
+from ...training.config import TrainConfig
+from ...training.ensure import ensure_trained
+from ...training.train import checkpoint_model as load_checkpoint_model
+from ...training.train import initial_model
 
 
 def train_to(

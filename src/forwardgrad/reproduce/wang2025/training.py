@@ -1,7 +1,7 @@
 """The paper's training runs (§4.1): the data, the config of one contender's run, where the run
 lives, and training a set of them.
 
-Every run is a plain :func:`forwardgrad.train.train` run under
+Every run is a plain :func:`forwardgrad.training.train.train` run under
 ``OUT/runs/width<W>/<guess spec>/seed<s>`` (``runs/`` is git-ignored); a finished run is reused
 when an experiment runs again and an interrupted one resumes from its checkpoint.
 """
@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ...config import TrainConfig, parse_guess_spec
 from ...data import Dataset, load_dataset
 from ...io import read_jsonl
+from ...training.config import TrainConfig, parse_guess_spec
 from .common import Budget, Contender
 from .runs import train_to
 

@@ -1,0 +1,96 @@
+"""``forwardgrad bench``: step time and peak memory of estimators against backprop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..bench import (
+    GRID_DEFAULTS,
+    PRESET_NAMES,
+    QUICK,
+    grid_preset,
+    models_preset,
+    run_bench,
+    targets_preset,
+    write_results,
+)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..guesses import GUESSES
+
+    if args.preset == "targets":
+        preset = targets_preset()
+    elif args.preset == "models":
+        preset = models_preset()
+    else:
+        base = QUICK if args.preset == "quick" else GRID_DEFAULTS
+        guesses = args.guesses.split(",") if args.guesses else base["guesses"]
+        unknown = [g for g in guesses if g not in GUESSES or g == "backprop"]
+        if unknown:
+            allowed = sorted(g for g in GUESSES if g != "backprop")
+            raise ValueError(f"unknown guesses {unknown} for bench; choose from {allowed}")
+        preset = grid_preset(
+            guesses,
+            _int_list(args.tangents) if args.tangents else base["tangents"],
+            _int_list(args.depths) if args.depths else base["depths"],
+            _int_list(args.widths) if args.widths else base["widths"],
+            _int_list(args.batches) if args.batches else base["batches"],
+            memory=not args.no_memory,
+        )
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(
+            f"--repeats must be >= 1 and --warmup >= 0; got {args.repeats}, {args.warmup}"
+        )
+    out = run_bench(
+        preset,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        memory=not args.no_memory,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    json_path, md_path = write_results(out, Path(args.out))
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="step time and peak memory of estimators against backprop, measured side by side",
+        description=(
+            "Times every method of a scenario interleaved on one model and batch, and measures "
+            "each step's peak memory (a fresh process per method on the CPU). Presets: "
+            "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
+            "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'grid' "
+            "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
+            "narrow it with the list flags), 'quick' (seconds)."
+        ),
+    )
+    p.add_argument("--preset", choices=PRESET_NAMES, default="targets", help="default: targets")
+    p.add_argument("--guesses", help="grid/quick: comma-separated guesses")
+    p.add_argument("--tangents", help="grid/quick: comma-separated k values (default 1,4,16,64)")
+    p.add_argument("--depths", help="grid/quick: hidden-layer counts (default 2,8,32)")
+    p.add_argument("--widths", help="grid/quick: widths (default 128,512,1024)")
+    p.add_argument("--batches", help="grid/quick: batch sizes (default 128,1024)")
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per method (default 7)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.set_defaults(func=cmd_bench)
+    return p

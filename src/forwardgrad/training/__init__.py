@@ -1,0 +1,1 @@
+"""Training: the config, the loop and its callbacks, run folders, checkpoints, resume, compare."""
