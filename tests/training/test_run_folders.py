@@ -349,7 +349,7 @@ def test_train_help_groups_flags_and_shows_examples_and_constraints(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for title in ("data:", "model:", "estimator", "optimizer and training length:", "run ("):
+    for title in ("data:", "model:", "estimator", "optimizer:", "schedule (", "run ("):
         assert title in text, title
     assert "examples:" in text and "forwardgrad train --epochs 50" in text
     assert "--rank full and --bottom true need --solver svd" in text
@@ -375,8 +375,9 @@ def test_a_checkpoint_that_is_not_a_dict_of_states_is_refused(tmp_path):
 
 
 def test_reproduce_checkpoint_readers_refuse_a_malicious_file(digits, tmp_path):
-    from forwardgrad.reproduce import wperp
     from forwardgrad.reproduce.singhal2023 import runs as singhal_runs
+    from forwardgrad.reproduce.wang2025 import runs as wang_runs
+    from forwardgrad.training.train import checkpoint_model
 
     class Payload:
         def __reduce__(self):
@@ -388,7 +389,9 @@ def test_reproduce_checkpoint_readers_refuse_a_malicious_file(digits, tmp_path):
     with pytest.raises(CheckpointError, match="not loaded"):
         singhal_runs.checkpoint_model(cfg, digits, tmp_path / "run")
     with pytest.raises(CheckpointError, match="not loaded"):
-        wperp.checkpoint_model(cfg, tmp_path / "run", digits, 1)
+        wang_runs.checkpoint_model(cfg, tmp_path / "run", digits, 1)
+    with pytest.raises(CheckpointError, match="not loaded"):
+        checkpoint_model(cfg, digits, tmp_path / "run" / "checkpoint.pt")
     assert not (tmp_path / "RAN").exists()
 
 

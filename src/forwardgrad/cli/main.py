@@ -169,7 +169,7 @@ def _add_train_parser(sub) -> None:
         "train",
         usage="%(prog)s [FLAGS]  (grouped below; examples at the end)",
         help="train one model with one estimator",
-        description="Train one MLP with one gradient estimator; writes a run folder.",
+        description="Train one model with one gradient estimator; writes a run folder.",
         epilog=_train_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

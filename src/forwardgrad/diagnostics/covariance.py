@@ -15,7 +15,7 @@ from .contexts import SiteContext, flat, site_contexts
 if TYPE_CHECKING:
     from ..core.chain import SitePlan
     from ..estimation import Estimator
-    from ..guesses.base import GuessOptions
+    from ..guesses.options import GuessOptions
 
 # Sites wider than this (per example) get no d x d second moment: it would not fit in memory
 # for a conv net's activities; their rows say so.
