@@ -12,8 +12,8 @@ from forwardgrad.training.config import (
     ConfigError,
     TrainConfig,
     config_from_mapping,
-    parse_guess_spec,
 )
+from forwardgrad.training.guess_specs import parse_guess_spec
 from forwardgrad.training.train import PROBE_SEED_OFFSET, TrainingDiverged, evaluate, train
 
 

@@ -21,10 +21,9 @@ from ..training.config import (
     ConfigError,
     TrainConfig,
     coerce,
-    config_for_guess,
     config_from_mapping,
-    parse_guess_spec,
 )
+from ..training.guess_specs import config_for_guess, parse_guess_spec
 from .flags import add_config_flags, config_from_args, given_values
 
 # Config keys that only matter for training; the probe takes no flag for them.

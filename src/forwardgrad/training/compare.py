@@ -27,11 +27,10 @@ from .config import (
     OPTION_KEYS,
     ConfigError,
     TrainConfig,
-    config_for_guess,
-    parse_guess_spec,
     read_options,
 )
 from .ensure import RunPlan, carry_out, plan_run
+from .guess_specs import config_for_guess, parse_guess_spec
 from .runfolder import RunLock, check_out_dir
 from .train import preflight
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...training.compare import compare
-from ...training.config import parse_guess_spec
+from ...training.guess_specs import parse_guess_spec
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, Tolerance, new_figure
 from .common import (

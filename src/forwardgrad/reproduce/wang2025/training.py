@@ -17,7 +17,8 @@ from typing import Any
 
 from ...data import Dataset, load_dataset
 from ...io import read_jsonl
-from ...training.config import TrainConfig, parse_guess_spec
+from ...training.config import TrainConfig
+from ...training.guess_specs import parse_guess_spec
 from .common import Budget, Contender
 from .runs import train_to
 
