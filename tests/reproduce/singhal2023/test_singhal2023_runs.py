@@ -9,7 +9,7 @@ from forwardgrad.data import load_dataset
 from forwardgrad.io import read_jsonl
 from forwardgrad.reproduce.singhal2023 import runs
 from forwardgrad.training.config import TrainConfig
-from forwardgrad.training.train import train
+from forwardgrad.training.train import initial_model, train
 
 # ---- training in segments --------------------------------------------------------------------
 
@@ -32,7 +32,7 @@ def test_training_in_segments_follows_one_uninterrupted_run(tmp_path):
     assert metrics[-1]["train_acc"] == whole.summary["final"]["train_acc"]
     # The start is the model train() starts from.
     assert records[0]["norm"] == pytest.approx(
-        float(runs.initial_model(cfg, data)[0].weight.detach().norm())
+        float(initial_model(cfg, data)[0].weight.detach().norm())
     )
     # A rerun of a finished run measures nothing again, with or without its checkpoint.
     runs.drop_checkpoints(tmp_path / "seg")

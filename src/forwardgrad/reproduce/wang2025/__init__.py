@@ -23,9 +23,9 @@ units' coordinates, so it needs no eigendecomposition. Each README says which so
 
 One module per table or figure (``table1_rank`` ... ``table5_precond``, ``fig1_overlap``), each
 registering its experiment; ``common`` (contenders, budgets, tolerances, settings, the result
-every experiment returns), ``runs`` (resumable runs measured in segments), ``training`` (the
-paper's runs), ``measurements``, ``plots``, and ``published`` (the paper's numbers, from
-``data/*.json``) are what they share.
+every experiment returns), ``training`` (the paper's runs), ``measurements`` (along
+trajectories, with :mod:`forwardgrad.training.measured`), ``plots``, and ``published`` (the
+paper's numbers, from ``data/*.json``) are what they share.
 """
 
 from . import table1_rank  # noqa: F401  isort: skip

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
+from ...training.measured import measured_run
 from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
@@ -26,7 +27,6 @@ from .common import (
 )
 from .measurements import final_point, layer_row, measure_overlap
 from .published import FIG1
-from .runs import measured_run
 from .training import config, dataset, run_dir, run_record
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,7 +121,14 @@ def _overlap_runs(
                 return measure_overlap(model, x, y)
 
             summary, points = measured_run(
-                cfg, path, data, budget.points, f"overlap-n{budget.examples}", measure, progress
+                cfg,
+                path,
+                data,
+                budget.points,
+                lambda model, epoch: measure(model),
+                cache=f"measurements-overlap-n{budget.examples}.json",
+                keep_snapshots=True,
+                progress=progress,
             )
             records.append(run_record(contender, width, seed, summary, path))
             for epoch, m in points.items():

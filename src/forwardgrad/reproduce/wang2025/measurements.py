@@ -1,7 +1,7 @@
 """Measurements along a training trajectory (Table 2, Table 5, Fig. 1), and their rows.
 
-A trajectory trains in segments (:func:`~.runs.measured_run`): the run's model is measured at
-each of the budget's epochs, and the measurements are cached beside the run
+A trajectory trains in segments (:func:`~forwardgrad.training.measured.measured_run`): the run's
+model is measured at each of the budget's epochs, and the measurements are cached beside the run
 (``measurements-*.json``).
 """
 
@@ -20,10 +20,10 @@ from ...diagnostics import (
     overlap_curves,
 )
 from ...estimation import cross_entropy_per_example
+from ...training.measured import measured_run
 from ...training.train import build_estimator, probe_batch
 from ..report import Row
 from .common import Budget, Contender, count, labels_and_order, paper_scale, seed_mean, specs
-from .runs import measured_run
 from .training import config, dataset, run_dir, run_record, slug
 
 BIAS_LAYER = 1  # Table 5 names layer 1; Table 2 names none
@@ -130,7 +130,16 @@ def trajectory_runs(
             ) -> dict:
                 return measure_estimator(model, measured, width, x, y, budget.draws, seed + 1000)
 
-            summary, points = measured_run(cfg, path, data, budget.points, tag, measure, progress)
+            summary, points = measured_run(
+                cfg,
+                path,
+                data,
+                budget.points,
+                lambda model, epoch: measure(model),
+                cache=f"measurements-{tag}.json",
+                keep_snapshots=True,
+                progress=progress,
+            )
             records.append(run_record(contender, width, seed, summary, path))
             for epoch, m in points.items():
                 measurements.append(

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...training.ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
 from .common import (
@@ -24,7 +25,6 @@ from .common import (
 )
 from .plots import draw_row_bars
 from .published import TABLE4, paper_time_ratios
-from .runs import train_to
 from .training import config, dataset, run_dir, run_record, train_all
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,7 +95,7 @@ def _cost_runs(
         for c in timing_only:
             cfg = config(c, width, budget.timing_epochs, 0)
             path = run_dir(out_dir, c, width, 0, timing=True)
-            summary = train_to(cfg, path, data, budget.timing_epochs, progress)
+            summary = ensure_trained(cfg, path, budget.timing_epochs, progress, data=data)
             timed.append(run_record(c, width, 0, summary, path))
     return records, timed
 

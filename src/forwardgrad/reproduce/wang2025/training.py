@@ -18,9 +18,9 @@ from typing import Any
 from ...data import Dataset, load_dataset
 from ...io import read_jsonl
 from ...training.config import TrainConfig
+from ...training.ensure import ensure_trained
 from ...training.guess_specs import parse_guess_spec
 from .common import Budget, Contender
-from .runs import train_to
 
 
 @lru_cache(maxsize=1)
@@ -117,6 +117,6 @@ def train_all(
             for seed in seeds:
                 cfg = config(contender, width, budget.epochs, seed)
                 path = run_dir(out_dir, contender, width, seed)
-                summary = train_to(cfg, path, data, budget.epochs, progress)
+                summary = ensure_trained(cfg, path, budget.epochs, progress, data=data)
                 records.append(run_record(contender, width, seed, summary, path, curves))
     return records
