@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
-from ...training.measured import measured_run
 from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
@@ -25,7 +24,7 @@ from .common import (
     seed_mean,
     wperp,
 )
-from .measurements import final_point, layer_row, measure_overlap
+from .measurements import final_point, layer_row, measure_overlap, shared_trajectory
 from .published import FIG1
 from .training import config, dataset, run_dir, run_record
 
@@ -120,15 +119,9 @@ def _overlap_runs(
             def measure(model: nn.Module, x: Tensor = x, y: Tensor = y) -> dict:
                 return measure_overlap(model, x, y)
 
-            summary, points = measured_run(
-                cfg,
-                path,
-                data,
-                budget.points,
-                lambda model, epoch: measure(model),
-                cache=f"measurements-overlap-n{budget.examples}.json",
-                keep_snapshots=True,
-                progress=progress,
+            tag = f"overlap-n{budget.examples}"
+            summary, points = shared_trajectory(
+                cfg, path, data, budget.points, tag, measure, progress
             )
             records.append(run_record(contender, width, seed, summary, path))
             for epoch, m in points.items():

@@ -7,12 +7,13 @@ model is measured at each of the budget's epochs, and the measurements are cache
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from ...data import Dataset
 from ...diagnostics import (
     bias_variance,
     closed_form_covariance_factor,
@@ -20,6 +21,7 @@ from ...diagnostics import (
     overlap_curves,
 )
 from ...estimation import cross_entropy_per_example
+from ...training.config import TrainConfig
 from ...training.measured import measured_run
 from ...training.train import build_estimator, probe_batch
 from ..report import Row
@@ -42,6 +44,29 @@ MEASUREMENT_NOTES = [
     "(bias / B, variance / B², with B the measured batch). ‖Cov − I‖_F / d is its code's "
     "d-normalised norm, averaged over the batch.",
 ]
+
+
+def shared_trajectory(
+    cfg: TrainConfig,
+    path: Path,
+    data: Dataset,
+    points: Sequence[int],
+    tag: str,
+    measure: Callable[[nn.Module], dict],
+    progress: bool,
+) -> tuple[dict, dict[int, dict]]:
+    """The run measured at ``points`` (cached as ``measurements-<tag>.json``), its measured
+    epochs' checkpoints kept, so that every experiment sharing the run measures its own."""
+    return measured_run(
+        cfg,
+        path,
+        data,
+        points,
+        lambda model, epoch: measure(model),
+        cache=f"measurements-{tag}.json",
+        keep_snapshots=True,
+        progress=progress,
+    )
 
 
 def measure_estimator(
@@ -130,15 +155,8 @@ def trajectory_runs(
             ) -> dict:
                 return measure_estimator(model, measured, width, x, y, budget.draws, seed + 1000)
 
-            summary, points = measured_run(
-                cfg,
-                path,
-                data,
-                budget.points,
-                lambda model, epoch: measure(model),
-                cache=f"measurements-{tag}.json",
-                keep_snapshots=True,
-                progress=progress,
+            summary, points = shared_trajectory(
+                cfg, path, data, budget.points, tag, measure, progress
             )
             records.append(run_record(contender, width, seed, summary, path))
             for epoch, m in points.items():
