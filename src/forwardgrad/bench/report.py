@@ -105,7 +105,7 @@ def _evaluate_target(t: Target, results: list[dict]) -> dict:
     }
 
 
-def _fmt(v: float | None, spec: str) -> str:
+def _number_or_dash(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
@@ -122,19 +122,26 @@ def to_markdown(out: dict) -> str:
     ]
     for entry in out["scenarios"]:
         for label, r in entry["methods"].items():
-            lines.append(
-                f"| {entry['scenario']['name']} | {label} | {_fmt(r.get('median_ms'), '.1f')} | "
-                f"{_fmt(r.get('x_backprop'), '.2f')} | {_fmt(r.get('x_limit'), '.2f')} | "
-                f"{_fmt(r.get('memory_peak_mb'), '.0f')} | "
-                f"{_fmt(r.get('memory_x_backprop'), '.2f')} |"
-            )
+            cells = [
+                _number_or_dash(r.get(key), spec)
+                for key, spec in (
+                    ("median_ms", ".1f"),
+                    ("x_backprop", ".2f"),
+                    ("x_limit", ".2f"),
+                    ("memory_peak_mb", ".0f"),
+                    ("memory_x_backprop", ".2f"),
+                )
+            ]
+            lines.append(f"| {entry['scenario']['name']} | {label} | {' | '.join(cells)} |")
     if out["memory_note"]:
         lines += ["", f"Memory not measured: {out['memory_note']}."]
     if out["targets"]:
         lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
         for t in out["targets"]:
             met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            lines.append(f"| {t['text']} | {_fmt(t['measured_ratio'], '.2f')}× | {met} |")
+            lines.append(
+                f"| {t['text']} | {_number_or_dash(t['measured_ratio'], '.2f')}× | {met} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -231,7 +231,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- printing
 
 
-def _fmt(value) -> str:
+def _cell_text(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, int):
@@ -249,7 +249,7 @@ def _fmt(value) -> str:
 
 def _table(headers: list[str], rows: list[list], left: int = 2) -> str:
     """Columns of text; the first ``left`` columns left-aligned, numbers right-aligned."""
-    cells = [headers] + [[_fmt(v) for v in row] for row in rows]
+    cells = [headers] + [[_cell_text(v) for v in row] for row in rows]
     widths = [max(len(r[j]) for r in cells) for j in range(len(headers))]
     lines = []
     for i, r in enumerate(cells):
@@ -304,14 +304,15 @@ def _guess_notes(res: dict) -> list[str]:
             f"{cov['examples']} examples; exact: the closed form where the guess's law is known"
         )
     if "cosine_std" in res:
-        notes.append(f"cosine std over the draws: {_fmt(res['cosine_std'])}")
+        notes.append(f"cosine std over the draws: {_cell_text(res['cosine_std'])}")
     if one:
-        eff = one["effectiveness"]
+        eff, std = _cell_text(one["effectiveness"]), _cell_text(one["effectiveness_std"])
+        best = ", ".join(_cell_text(s) for s in one["best_steps"])
+        bp_step, bp_drop = _cell_text(one["backprop_step"]), _cell_text(one["backprop_decrease"])
         notes.append(
-            f"1-step effectiveness: {_fmt(eff)}"
-            + (f" ± {_fmt(one['effectiveness_std'])}" if one["effectiveness_std"] else "")
-            + f" (best steps {', '.join(_fmt(s) for s in one['best_steps'])}; backprop's best "
-            f"step {_fmt(one['backprop_step'])}, loss decrease {_fmt(one['backprop_decrease'])})"
+            f"1-step effectiveness: {eff}"
+            + (f" ± {std}" if one["effectiveness_std"] else "")
+            + f" (best steps {best}; backprop's best step {bp_step}, loss decrease {bp_drop})"
         )
     return notes + [f"skipped {name}: {why}" for name, why in res.get("skipped", {}).items()]
 

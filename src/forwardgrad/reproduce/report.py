@@ -243,7 +243,7 @@ def save_figure(fig: Figure, path: Path) -> None:
 # Writing the folder
 
 
-def _fmt(x: float | None) -> str:
+def _report_number(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     ax = abs(x)
@@ -256,10 +256,10 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}"
 
 
-def _fmt_ours(row: Row) -> str:
+def _ours_text(row: Row) -> str:
     if row.ours_se is None:
-        return _fmt(row.ours)
-    return f"{_fmt(row.ours)} ± {_fmt(row.ours_se)}"
+        return _report_number(row.ours)
+    return f"{_report_number(row.ours)} ± {_report_number(row.ours_se)}"
 
 
 def _label(v: Any) -> str:
@@ -281,9 +281,9 @@ def markdown_tables(result: ExperimentResult) -> str:
         for row in rows:
             cells = [_label(row.labels.get(c, "")) for c in label_cols]
             cells += [
-                _fmt_ours(row),
-                NOT_REPORTED if row.paper is None else _fmt(row.paper),
-                _fmt(row.theory),
+                _ours_text(row),
+                NOT_REPORTED if row.paper is None else _report_number(row.paper),
+                _report_number(row.theory),
                 paper_verdict(row, result.paper_tolerance),
                 theory_verdict(row, result.theory_tolerance),
             ]
