@@ -27,3 +27,10 @@ def mean_and_se(values: Sequence[float] | np.ndarray) -> tuple[float, float | No
     if x.size == 1:
         return float(x[0]), None
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+
+
+def finite_mean_and_se(values: Iterable[float | None]) -> tuple[float, float | None]:
+    """:func:`mean_and_se` of the finite values (diverged runs' None, NaN or inf left out);
+    NaN and no SE when none is finite."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return mean_and_se(finite) if finite else (math.nan, None)

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..report import mean_and_se
-
 PAPER = (
     "Flügel et al. 2024, Beyond Backpropagation: Optimization with Multi-Tangent Forward "
     "Gradients (arXiv 2410.17764)"
@@ -71,11 +69,6 @@ def k_label(k: int | None) -> str | int:
 def seed_range(seeds: int | None, default: int) -> list[int]:
     """Seeds 0 … seeds - 1, or the budget's ``default`` count when none was asked for."""
     return list(range(seeds if seeds is not None else default))
-
-
-def mean_and_se_or_nan(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error of the seeds' values; NaN (and no SE) when no seed gave one."""
-    return mean_and_se(values) if values else (math.nan, None)
 
 
 def short_number(x: float | None) -> str:

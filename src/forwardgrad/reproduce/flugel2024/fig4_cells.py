@@ -14,8 +14,8 @@ import numpy as np
 
 from ...closedform import get_function, sweep
 from ...io import write_text
-from ..report import mean_and_se
-from .common import find_record, mean_and_se_or_nan, method_label, torch_threads
+from ...stats import mean_and_se
+from .common import find_record, method_label, torch_threads
 from .fig4_budget import FunctionsBudget, authors_lr, authors_search_loss, method_plan
 from .fig4_sphere import SPHERE_LOG10_FLOOR, sphere_expected_log10
 
@@ -96,7 +96,7 @@ def summarise_cell(cell: dict[str, Any], function: str, steps: int) -> dict[str,
     winner = next((o for o in cell["grid"] if o["lr"] == cell["best_lr"]), None)
     for stat in ("best", "final"):
         values = winner[f"{stat}_values"] if winner else []
-        mean, se = mean_and_se_or_nan(values)
+        mean, se = mean_and_se(values)
         record[f"{stat}_values"] = values
         record[f"mean_{stat}"], record[f"se_{stat}"] = mean, se
     record["steps_run"] = winner["steps_run"] if winner else []

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...closedform import get_function
-from ..report import mean_and_se
+from ...stats import mean_and_se
 from .fig4_budget import FunctionsBudget, method_plan
 from .fig4_cells import cell_record
 

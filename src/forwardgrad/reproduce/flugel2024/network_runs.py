@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ...io import read_jsonl
-from .common import k_label, mean_and_se_or_nan, short_number
+from ...stats import mean_and_se
+from .common import k_label, short_number
 
 # The paper's grid: backprop, the mean of k ∈ {1, 2, 4, 16} and the projection of k ∈ {2, 4, 16}.
 METHODS: tuple[tuple[str, int | None], ...] = (
@@ -42,7 +43,7 @@ def run_curve(run_dir: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
 
 def value_summary(values: list[float]) -> dict[str, Any]:
     """The seeds' values with their mean and standard error (NaN and None without any)."""
-    mean, se = mean_and_se_or_nan(values)
+    mean, se = mean_and_se(values)
     return {"values": values, "mean": mean, "se": se}
 
 

@@ -102,11 +102,6 @@ def summary_stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error of the finite ``values``."""
-    return mean_and_se([v for v in values if math.isfinite(v)])
-
-
 def budget_inputs(
     budgets: dict[str, dict[str, Any]], budget: str, seeds: int | None
 ) -> tuple[dict[str, Any], list[int], Dataset]:

@@ -15,6 +15,7 @@ from ...core.chain import chain_plan
 from ...data import Dataset
 from ...diagnostics import activity_gradients, site_contexts
 from ...estimation import cross_entropy_per_example
+from ...stats import finite_mean_and_se
 from ...training.train import probe_batch
 from ..flugel2024.expected_cosine import projection_cosine
 from ..registry import Experiment, register
@@ -26,7 +27,6 @@ from .common import (
     budget_inputs,
     budget_scaling,
     generator_of,
-    mean_se,
     paper_numbers,
     timed_settings,
 )
@@ -175,13 +175,13 @@ def _subspace_rows(curves: list[dict[str, Any]], ks: list[int], d: int) -> list[
         Row(
             group,
             {"subspace": "activation PCA", "statistic": "mean over layers and epochs"},
-            *mean_se(pca_k),
+            *finite_mean_and_se(pca_k),
             None,
         ),
         Row(
             group,
             {"subspace": "random", "statistic": "mean over layers and epochs"},
-            *mean_se(rnd_k),
+            *finite_mean_and_se(rnd_k),
             paper["random"],
             projection_cosine(k, d),
         ),
@@ -191,14 +191,14 @@ def _subspace_rows(curves: list[dict[str, Any]], ks: list[int], d: int) -> list[
             Row(
                 "every k: mean over layers and epochs",
                 {"k": kk, "subspace": "activation PCA"},
-                *mean_se([c["pca"][jj] for c in curves]),
+                *finite_mean_and_se([c["pca"][jj] for c in curves]),
             )
         )
         rows.append(
             Row(
                 "every k: mean over layers and epochs",
                 {"k": kk, "subspace": "random"},
-                *mean_se([c["random"][jj] for c in curves]),
+                *finite_mean_and_se([c["random"][jj] for c in curves]),
                 None,
                 projection_cosine(kk, d),
             )

@@ -14,6 +14,7 @@ from torch import nn
 from ...data import Dataset
 from ...diagnostics import effective_rank, probe
 from ...estimation import Estimator
+from ...stats import finite_mean_and_se
 from ...training.compare import compare
 from ...training.config import TrainConfig
 from ...training.train import probe_batch
@@ -26,7 +27,6 @@ from .common import (
     budget_scaling,
     compared_records,
     grid_panels,
-    mean_se,
     method_name,
     paper_numbers,
     plot_train_accuracy,
@@ -179,15 +179,19 @@ def _method_rows(methods: dict[str, dict[str, Any]]) -> list[Row]:
         peak = [max(q["cosine"] for q in p) for p in got["probes"]]
         group = "Fig. 5 (top): cosine to the true gradient"
         name = method_name(spec)
-        rows.append(Row(group, {"method": name, "when": "start"}, *mean_se(first)))
-        rows.append(Row(group, {"method": name, "when": "end"}, *mean_se(last)))
+        rows.append(Row(group, {"method": name, "when": "start"}, *finite_mean_and_se(first)))
+        rows.append(Row(group, {"method": name, "when": "end"}, *finite_mean_and_se(last)))
         paper_peak = paper["self_sharpening_peak_cosine"] if sharp else None
-        rows.append(Row(group, {"method": name, "when": "peak"}, *mean_se(peak), paper_peak))
+        rows.append(
+            Row(group, {"method": name, "when": "peak"}, *finite_mean_and_se(peak), paper_peak)
+        )
         group = "Fig. 5 (top): final accuracy (%)"
         for split in ("train", "test"):
             acc = [100 * final_metric(m, f"{split}_acc") for m in got["metrics"]]
             reference = paper[f"self_sharpening_{split}_accuracy"] if sharp else None
-            rows.append(Row(group, {"method": name, "split": split}, *mean_se(acc), reference))
+            rows.append(
+                Row(group, {"method": name, "split": split}, *finite_mean_and_se(acc), reference)
+            )
     return rows
 
 
@@ -203,7 +207,9 @@ def _power_rows(powers: dict[str, list[dict[str, Any]]]) -> list[Row]:
             ("first layer effective rank, end", -1, "first_layer_effective_rank"),
         ):
             values = [r["records"][when][quantity] for r in runs]
-            rows.append(Row(group, {"p": float(key), "quantity": label}, *mean_se(values)))
+            rows.append(
+                Row(group, {"p": float(key), "quantity": label}, *finite_mean_and_se(values))
+            )
     return rows
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ...data import Dataset
 from ...diagnostics import jacobian_spectra
+from ...stats import finite_mean_and_se
 from ...training.compare import compare
 from ...training.train import probe_batch
 from ..registry import Experiment, register
@@ -27,7 +28,6 @@ from .common import (
     compared_records,
     grid_panels,
     hidden_layers,
-    mean_se,
     method_name,
     plot_train_accuracy,
     timed_settings,
@@ -185,7 +185,7 @@ def _erank_rows(erank: dict[str, dict[int, list[float]]]) -> list[Row]:
         Row(
             "Fig. 7 (right): effective rank of the Jacobian over l layers",
             {"network": tag, "l": ell},
-            *mean_se(values),
+            *finite_mean_and_se(values),
         )
         for tag, per_l in erank.items()
         for ell, values in per_l.items()

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..report import ExperimentResult, Plot, Row, Tolerance, mean_and_se
+from ...stats import finite_mean_and_se
+from ..report import ExperimentResult, Plot, Row, Tolerance
 
 PAPER = (
     "Wang, Markou & Campbell 2025, Towards Scalable Backpropagation-Free Gradient Estimation "
@@ -93,14 +94,6 @@ def paper_scale(bias: float, variance: float, batch: int) -> tuple[float, float]
 def count(n: int, noun: str) -> str:
     """``1 epoch``, ``300 epochs``."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def seed_mean(values: Sequence[float | None]) -> tuple[float, float | None]:
-    """Mean over seeds and its standard error, ignoring missing (diverged) runs."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return math.nan, None
-    return mean_and_se(finite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +252,7 @@ def select(records: Sequence[dict], **match: Any) -> list[dict]:
 def accuracy_row(
     group: str, labels: dict[str, Any], records: Sequence[dict], metric: str, paper: float | None
 ) -> Row:
-    mean, se = seed_mean([r[metric] for r in records])
+    mean, se = finite_mean_and_se([r[metric] for r in records])
     return Row(group, labels, ours=mean, ours_se=se, paper=paper)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
+from ...stats import finite_mean_and_se
 from ...training.train import probe_batch
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
@@ -21,7 +22,6 @@ from .common import (
     count,
     experiment_result,
     join_widths,
-    seed_mean,
     wperp,
 )
 from .measurements import final_point, layer_row, measure_overlap, shared_trajectory
@@ -59,7 +59,7 @@ def _overlap_stats(
         if m["width"] == width and m["epoch"] == epoch:
             row = layer_row(m, layer)
             values.append(row["rank"] if k is None else overlap_at(row[key], k))
-    return seed_mean(values)
+    return finite_mean_and_se(values)
 
 
 def _draw_overlap(result: ExperimentResult) -> Figure:

@@ -21,11 +21,12 @@ from ...diagnostics import (
     overlap_curves,
 )
 from ...estimation import cross_entropy_per_example
+from ...stats import finite_mean_and_se
 from ...training.config import TrainConfig
 from ...training.measured import measured_run
 from ...training.train import build_estimator, probe_batch
 from ..report import Row
-from .common import Budget, Contender, count, labels_and_order, paper_scale, seed_mean, specs
+from .common import Budget, Contender, count, labels_and_order, paper_scale, specs
 from .training import config, dataset, run_dir, run_record, slug
 
 BIAS_LAYER = 1  # Table 5 names layer 1; Table 2 names none
@@ -200,7 +201,7 @@ def measurement_rows(
     }
     rows = []
     for q in quantities:
-        mean, se = seed_mean(values[q])
+        mean, se = finite_mean_and_se(values[q])
         rows.append(
             Row(
                 group,
@@ -232,7 +233,7 @@ def trajectory_series(
         bias, variance = paper_scale(row["bias_eq17"], row["variance"], m["examples"])
         by_epoch.setdefault(m["epoch"], []).append(bias if quantity == "bias" else variance)
     epochs = sorted(by_epoch)
-    return epochs, [seed_mean(by_epoch[e])[0] for e in epochs]
+    return epochs, [finite_mean_and_se(by_epoch[e])[0] for e in epochs]
 
 
 def trajectory_settings(

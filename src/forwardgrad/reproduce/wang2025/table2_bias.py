@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...stats import finite_mean_and_se
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
 from .common import (
@@ -18,7 +19,6 @@ from .common import (
     Contender,
     cov_norm_theory,
     experiment_result,
-    seed_mean,
     wperp,
 )
 from .measurements import (
@@ -89,7 +89,7 @@ def ratio_rows(
             for s in seeds
             if (top, s) in per_seed and (bottom, s) in per_seed and per_seed[(bottom, s)][q] > 0
         ]
-        mean, se = seed_mean(values)
+        mean, se = finite_mean_and_se(values)
         rows.append(
             Row(
                 group,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...stats import finite_mean_and_se
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, draw_curve, new_figure
 from .common import (
@@ -20,7 +21,6 @@ from .common import (
     count,
     experiment_result,
     join_widths,
-    seed_mean,
     select,
     wperp,
 )
@@ -53,7 +53,9 @@ def _draw_width(result: ExperimentResult) -> Figure:
     labels = result.raw["labels"]
     for key in WIDTH_ORDER:
         stats = [
-            seed_mean([r["train_acc"] for r in select(result.raw["runs"], method=key, width=w)])
+            finite_mean_and_se(
+                [r["train_acc"] for r in select(result.raw["runs"], method=key, width=w)]
+            )
             for w in widths
         ]
         ses = [s[1] or 0.0 for s in stats]

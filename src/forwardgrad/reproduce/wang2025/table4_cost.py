@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...stats import finite_mean_and_se
 from ...training.ensure import ensure_trained
 from ..registry import Experiment, register
 from ..report import ExperimentResult, Plot, Row, new_figure
@@ -19,7 +20,6 @@ from .common import (
     count,
     experiment_result,
     join_widths,
-    seed_mean,
     select,
     wperp,
 )
@@ -106,7 +106,7 @@ def _minutes(
     """Minutes for ``epochs`` epochs (mean, SE), and what they were measured over."""
     if trained:
         runs = select(records, spec=c.spec, width=width)
-        mean, se = seed_mean(
+        mean, se = finite_mean_and_se(
             [r["train_seconds"] / 60 if r["train_seconds"] else None for r in runs]
         )
         return mean, se, f"{count(epochs, 'epoch')} × {count(len(runs), 'seed')}"
