@@ -351,8 +351,10 @@ def _why_unread(cfg: TrainConfig, keys: list[str]) -> str:
     return "; ".join(clauses)
 
 
-MODEL_KEYS = ("depth", "width", "bias", "norm", "stem", "heads", "mlp_dim", "patch_size")
-"""Keys that only some models read."""
+MODEL_KEYS = tuple(
+    f.name for f in config_fields() if f.metadata["section"] == "model" and f.name != "model"
+)
+"""Keys that only some models read: the model section's, but ``model`` itself."""
 
 
 def _check_model_options(cfg: TrainConfig) -> None:
