@@ -15,35 +15,25 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _help(f: dataclasses.Field) -> str:
+def _help(f: dataclasses.Field, names: dict[str, list[str]]) -> str:
+    """The field's help with ``{choices}`` filled in from ``names`` (the registries')."""
     text = f.metadata["help"]
     if "{choices}" in text:
-        text = text.format(choices="|".join(choices()[f.name]))
+        text = text.format(choices="|".join(names[f.name]))
     shown = f.metadata["none_means"] if f.default is None else f.default
     return f"{text} (default: {shown})"
 
 
-class FlagGroups:
-    """The argument groups of one parser, one per config section, in :data:`SECTIONS` order."""
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-        self.groups: dict[str, argparse._ArgumentGroup] = {}
-        for name, title in SECTIONS.items():
-            self.groups[name] = parser.add_argument_group(title)
-
-    def __getitem__(self, name: str) -> argparse._ArgumentGroup:
-        if name not in self.groups:
-            self.groups[name] = self.parser.add_argument_group(name)
-        return self.groups[name]
-
-
-def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> FlagGroups:
-    """One flag per TrainConfig field (not in ``skip``), grouped; plus ``--config``."""
-    groups = FlagGroups(p)
+def add_config_flags(
+    p: argparse.ArgumentParser, skip: tuple[str, ...] = ()
+) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per TrainConfig field (not in ``skip``) in its section's argument group, plus
+    ``--config``; returns the groups by section, in :data:`SECTIONS` order."""
+    groups = {name: p.add_argument_group(title) for name, title in SECTIONS.items()}
     groups["run"].add_argument(
         "--config", metavar="FILE", help="TOML file with the same keys as the flags (flags win)"
     )
+    names = choices()
     for f in config_fields():
         if f.name in skip:
             continue
@@ -52,7 +42,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=_help(f),
+            help=_help(f, names),
         )
     return groups
 

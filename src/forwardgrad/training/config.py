@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import sys
 import types
 import typing
@@ -187,18 +188,27 @@ class TrainConfig(GuessOptions):
         return {key: getattr(self, key) for key in field_names()}
 
 
-def config_fields() -> list[dataclasses.Field]:
+@functools.cache
+def config_fields() -> tuple[dataclasses.Field, ...]:
     """The config's fields by section (in :data:`SECTIONS` order), the guess options last in
     the estimator section: the order of ``--help``, ``config.json`` and :func:`field_names`."""
     order = list(SECTIONS)
     fields = dataclasses.fields(TrainConfig)
     guess = set(TrainConfig.GUESS_OPTION_KEYS)
-    return sorted(fields, key=lambda f: (order.index(f.metadata["section"]), f.name in guess))
+    return tuple(
+        sorted(fields, key=lambda f: (order.index(f.metadata["section"]), f.name in guess))
+    )
 
 
 def field_names() -> list[str]:
     """The config keys, in section order."""
     return [f.name for f in config_fields()]
+
+
+def _word_for_none(key: str) -> str:
+    """The word that stands for None in ``key``'s values ('full' for rank; else 'none')."""
+    field = next(f for f in config_fields() if f.name == key)
+    return field.metadata["or_also"] or "none"
 
 
 def _field_types() -> dict[str, Any]:
@@ -237,7 +247,7 @@ def _type_words(key: str, base: type, optional: bool) -> str:
         str: "str (a string)",
         bool: "bool (true or false)",
     }
-    extra = " or 'full'" if key == "rank" else (" or 'none'" if optional else "")
+    extra = f" or {_word_for_none(key)!r}" if optional else ""
     return words.get(base, base.__name__) + extra
 
 
@@ -446,9 +456,8 @@ def coerce(key: str, value: Any) -> Any:
     if key not in types_:
         raise ConfigError(_unknown_key_message(key, list(types_)))
     base, optional = _base_type(types_[key])
-    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
-        return None
-    if key == "rank" and isinstance(value, str) and value.lower() == "full":
+    words = {"none", _word_for_none(key)}  # rank's 'full', like every optional key's 'none'
+    if optional and (value is None or (isinstance(value, str) and value.lower() in words)):
         return None
     try:
         return _convert(base, value)
