@@ -155,6 +155,7 @@ constraints:
 {guess_options_text()}
   --angle needs --sampler angle; --max-length needs --sampler varying-length
   --rank full and --bottom true need --solver svd (wperp)
+  --ns-refresh needs --solver newton-schulz (wperp)
   --scope needs --aggregate projection; --momentum needs --optimizer sgd
   --low-memory true and --jvp site: activity-space guesses with sum or mean
   --resume DIR continues DIR's run with its own settings; only these may change:
