@@ -12,6 +12,10 @@ Every strategy turns the engine's JVPs and the guess's tangents into per-example
 * :class:`PerSiteJVP` (``jvp="site"``): one pass per site call, each site's tangents scaled by
   their own directional derivative ``g_i . u_i``.
 
+With a :class:`TangentShare` (tangents split over processes), :class:`OnePass` draws all k
+tangents at every call, exactly as one process would, pushes only this process's share through
+the network, and forms the estimate from everyone's JVPs, which the share's ``gather`` brings.
+
 How the JVPs become coefficients is shared (:func:`coefficients`): ``sum``, ``mean`` or the
 projection onto the tangents' span, per example; in ``batch`` JVP mode from the directional
 derivative of the whole batch's loss instead (unbiased for any model, BatchNorm in training
@@ -45,6 +49,16 @@ def call_seed(step_seed: int, key: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+@dataclass(frozen=True)
+class TangentShare:
+    """The tangents ``[start, stop)`` of a step's k that this process pushes, and
+    ``gather(jvps (stop - start, B)) -> (k, B)``, which brings the other processes' JVPs."""
+
+    start: int
+    stop: int
+    gather: Callable[[Tensor], Tensor]
+
+
 @dataclass
 class StepSettings:
     """What the strategies need of the estimator for one step."""
@@ -59,22 +73,36 @@ class StepSettings:
     generator: torch.Generator
     site_generator: torch.Generator
     passes: Callable  # passes(run) -> result: runs one engine pass with the step's state
+    share: TangentShare | None = None  # None: this process pushes all k tangents
+    stream: int = 0  # which of several data shards' tangent streams (0: the one-process stream)
 
     def chunks(self) -> list[int]:
         k, c = self.num_tangents, self.chunk_size or self.num_tangents
         return [min(c, k - start) for start in range(0, k, c)]
 
     def draws(self, k: int):
-        return site_draws(self.guess, self.engine.layout, self.generator, self.site_generator, k)
+        return site_draws(
+            self.guess, self.engine.layout, self.generator, self.site_generator, k, self.stream
+        )
 
 
-def site_draws(guess, layout, generator: torch.Generator, site_generator: torch.Generator, k: int):
+def site_draws(
+    guess,
+    layout,
+    generator: torch.Generator,
+    site_generator: torch.Generator,
+    k: int,
+    stream: int = 0,
+):
     """One step's tangent drawing: ``begin(batch)`` before each pass, ``draw(ctx)`` per call.
 
     A step seed is drawn from ``generator``; each call's tangents then depend only on it and on
     the call's name, so a second pass (low memory, another chunk's replay) draws them again,
-    identical."""
+    identical. ``stream`` n > 0 derives another step seed from it, for the n-th shard of a batch
+    split over processes (whose examples need tangents independent of the other shards')."""
     step_seed = int(torch.randint(2**62, (1,), generator=generator))
+    if stream:
+        step_seed = call_seed(step_seed, f"data shard {stream}")
 
     def begin(batch_size: int) -> None:
         site_generator.manual_seed(step_seed)
@@ -180,6 +208,8 @@ class OnePass(Strategy):
     name = "one-pass"
 
     def run(self, s, x, targets, loss_fn, emit) -> Tensor:
+        if s.share is not None:
+            return self._shared(s, x, targets, loss_fn, emit)
         projection = s.aggregation == "projection"
         calls: list[SiteCall] | None = None
         sums: list[Tensor] | None = None  # sum and mean: running estimate per call
@@ -208,13 +238,48 @@ class OnePass(Strategy):
                 chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
                 for chunks in zip(*kept_tangents)
             ]
-            widths = [int(u[0, 0].numel()) for u in per_call]
-            coefs = coefficients(s, d, projection_grams(per_call, s.scope), widths)
-            sums = [estimate_of(u, c) for u, c in zip(per_call, coefs)]
+            sums = _projected(s, d, per_call)
         for call, est in zip(calls, sums):
             if est is not None:
                 emit(call, est)
         return loss
+
+    @staticmethod
+    def _shared(s, x, targets, loss_fn, emit) -> Tensor:
+        """This process's share of the tangents through the network; everyone's JVPs back."""
+        share = s.share
+        begin, draw = s.draws(s.num_tangents)
+        full: dict[int, Tensor] = {}  # every call's k tangents, as one process would draw them
+
+        def own_share(ctx: SiteContext) -> Tensor | None:
+            u = draw(ctx)
+            if u is None:
+                return None
+            full[ctx.index] = u
+            return u[share.start : share.stop]
+
+        begin(x.shape[0])
+        k_local = share.stop - share.start
+        res = s.passes(lambda: s.engine.run(x, targets, loss_fn, k_local, own_share))
+        d = share.gather(res.jvps)
+        per_call = [full.get(call.index) for call in res.calls]
+        if s.aggregation == "projection":
+            estimates = _projected(s, d, per_call)
+        else:
+            widths = [0 if u is None else int(u[0, 0].numel()) for u in per_call]
+            coefs = coefficients(s, d, None, widths)
+            estimates = [None if u is None else estimate_of(u, c) for u, c in zip(per_call, coefs)]
+        for call, est in zip(res.calls, estimates):
+            if est is not None:
+                emit(call, est)
+        return res.losses.mean()
+
+
+def _projected(s: StepSettings, d: Tensor, per_call: list[Tensor]) -> list[Tensor]:
+    """Every call's projection estimate from all k JVPs ``d`` and tangents ``per_call``."""
+    widths = [int(u[0, 0].numel()) for u in per_call]
+    coefs = coefficients(s, d, projection_grams(per_call, s.scope), widths)
+    return [estimate_of(u, c) for u, c in zip(per_call, coefs)]
 
 
 def _add(total: Tensor | None, part: Tensor | None) -> Tensor | None:

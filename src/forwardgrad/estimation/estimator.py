@@ -16,6 +16,14 @@ structure changes (a layer replaced, a hook added, parameters frozen): the fused
 (``core/engine.py``), whose sites and rules come from one traced pass (``core/trace.py``) and
 which first checks that the batch is not coupled (per-example JVPs need that; ``jvp="batch"``
 does not).
+
+With ``parallel`` (:class:`forwardgrad.distributed.Collectives`, one per process of a
+``torchrun`` launch) the step's work is shared: a tangent split pushes only this process's
+share of the k tangents and gathers the others' JVPs, so every process forms the same estimate
+as one process would (same tangents, same JVPs up to rounding); a data split estimates on this
+process's shard of the batch and sums over the shards the k JVPs (weight-space guesses, whose
+tangents the processes share) or the parameter gradients (activity-space guesses, whose
+tangents are per example: each shard draws its own).
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ from ..core.engine import FunctionalEngine, GeneralEngine
 from ..core.rules import AccumulateIntoGrad, CollectGrads, GradSink
 from ..core.sites import ModelNotSupportedError, SiteSpec, select_sites
 from ..core.state import step_state
-from ..core.strategies import JVP_MODES, StepSettings, choose_strategy
+from ..core.strategies import JVP_MODES, StepSettings, TangentShare, choose_strategy
 from ..core.trace import check_batch_coupling, trace_sites
+from ..distributed import Collectives, LaunchError
 from ..guesses import Guess, GuessOptions, make_guess
 
 SCOPES = ("global", "site")
@@ -84,6 +93,10 @@ class Estimator:
             memory does not grow with depth (one more primal pass).
         sites: where activity tangents go: None (every Linear and Conv1d/2d), module types,
             name patterns, or a mix (see :func:`forwardgrad.core.sites.select_sites`).
+        parallel: this process's :class:`~forwardgrad.distributed.Collectives` when the step
+            is shared by several processes (None: one process does it all). Each process then
+            passes its own shard of the batch (a data split) or the whole batch (a tangent
+            split), and every process gets the same estimate and the whole batch's mean loss.
         **guess_options: fields of :class:`~forwardgrad.guesses.GuessOptions` (rank, solver,
             bottom, sigma, layers, sampler, normalize, angle, max_length, ...).
     """
@@ -102,6 +115,7 @@ class Estimator:
         chunk_size: int | None = None,
         low_memory: bool = False,
         sites: SiteSpec = None,
+        parallel: Collectives | None = None,
         **guess_options: object,
     ) -> None:
         self.guess = _make_guess(guess, guess_options)
@@ -139,6 +153,8 @@ class Estimator:
                 f"jvp='site' (one pass per site): guess {self.guess_name!r} is not an "
                 "activity-space guess"
             )
+        self.parallel = parallel
+        self._check_parallel()
         self.plan: SitePlan | None = None
         self.chain_reason: str | None = None
         self._read_chain()
@@ -163,10 +179,14 @@ class Estimator:
         loss_fn = loss_fn or self.loss_fn
         self._check_batch(x, targets)
         if self.guess.space == "exact":
-            return self._backprop(x, targets, loss_fn)
-        sink = CollectGrads()
-        loss = self._run(x, targets, loss_fn, sink)
-        return loss, sink.grads
+            loss, grads = self._backprop(x, targets, loss_fn)
+        else:
+            sink = CollectGrads()
+            loss = self._run(x, targets, loss_fn, sink)
+            grads = sink.grads
+        if self._sums_gradients_over_shards():
+            loss, grads = self._sum_over_shards(loss, grads, x.shape[0])
+        return loss, grads
 
     def step(self, x: Tensor, targets: Tensor, loss_fn: LossFn | None = None) -> Tensor:
         """Estimate the gradient and accumulate it into ``.grad`` (as ``backward`` would).
@@ -174,7 +194,7 @@ class Estimator:
         Returns the batch's mean loss (a detached scalar tensor).
         """
         loss_fn = loss_fn or self.loss_fn
-        if self.guess.space == "activity":
+        if self.guess.space == "activity" and not self._sums_gradients_over_shards():
             # Site by site straight into .grad: no dict of all gradients is held at once.
             self._check_batch(x, targets)
             return self._run(x, targets, loss_fn, AccumulateIntoGrad())
@@ -230,6 +250,68 @@ class Estimator:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.guess.load_state_dict(state.get("guess", {}))
+
+    # ------------------------------------------------------------------ processes
+
+    def _check_parallel(self) -> None:
+        """Refuse what a split over processes cannot do exactly, naming it."""
+        if self.parallel is None:
+            return
+        grid = self.parallel.grid
+        if grid.tangent_size > 1:
+            where = f"--parallel {grid.mode} splits the tangents over {grid.tangent_size} processes"
+            if self.guess.space == "exact":
+                raise LaunchError(f"{where}, but guess 'backprop' has none; use --parallel data")
+            grid.tangent_share(self.num_tangents)  # k must split evenly
+            for bad, what in (
+                (self.chunk_size is not None, "chunk_size (each process already pushes k/N)"),
+                (self.low_memory, "low_memory"),
+                (self.jvp_mode == "site", "jvp='site'"),
+            ):
+                if bad:
+                    raise LaunchError(f"{where}; it does not combine with {what}")
+        if grid.data_size > 1 and self.jvp_mode == "batch":
+            raise LaunchError(
+                f"jvp='batch' needs the whole batch's loss in one pass; --parallel {grid.mode} "
+                "splits the batch over processes. Use --parallel tangents"
+            )
+
+    def _tangent_share(self) -> TangentShare | None:
+        c = self.parallel
+        if c is None or c.grid.tangent_size == 1:
+            return None
+        start, stop = c.grid.tangent_slice(self.num_tangents)
+        return TangentShare(start, stop, c.gather_tangent_jvps)
+
+    def _data_stream(self) -> int:
+        return 0 if self.parallel is None else self.parallel.grid.data_rank
+
+    def _sums_gradients_over_shards(self) -> bool:
+        """Activity-space tangents (and backprop) are per example, so a data split sums the
+        shards' gradients; weight-space tangents are shared, so it sums their k JVPs instead."""
+        c = self.parallel
+        return c is not None and c.grid.data_size > 1 and self.guess.space != "weight"
+
+    def _sum_over_shards(
+        self, loss: Tensor, grads: dict[nn.Parameter, Tensor], batch: int
+    ) -> tuple[Tensor, dict[nn.Parameter, Tensor]]:
+        """The whole batch's mean loss and gradients from every shard's (one all-reduce)."""
+        _refuse_batch_statistics(self.model, self.parallel.grid.mode)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        like = next(iter(grads.values()), loss)
+        pieces = [
+            (grads[p] if p in grads else torch.zeros_like(p, dtype=like.dtype)).reshape(-1)
+            for p in params
+        ]
+        one = torch.ones(1, dtype=like.dtype, device=like.device)
+        flat = torch.cat([*pieces, loss.to(like.dtype).reshape(1), one]).mul_(batch)
+        flat = self.parallel.sum_over_shards(flat)
+        total = flat[-1]
+        out = {}
+        for p, piece in zip(params, flat[:-2].div_(total).split([p.numel() for p in params])):
+            if p in grads or bool(piece.any()):
+                out[p] = piece.view(p.shape)
+        return flat[-2] / total, out
 
     # ------------------------------------------------------------------ engines
 
@@ -325,6 +407,8 @@ class Estimator:
             generator=self.generator,
             site_generator=self._site_generator,
             passes=self._passes(bn, rng),
+            share=self._tangent_share(),
+            stream=self._data_stream(),
         )
 
     def _activity(self, engine, x, targets, loss_fn, emit) -> Tensor:
@@ -343,16 +427,23 @@ class Estimator:
             raise ModelNotSupportedError("the model has no trainable parameter to perturb")
         tangents: dict[str, list[Tensor]] = {n: [] for n in names}
         jvps, loss = [], None
+        share = self._tangent_share()
         with step_state(self.model, _parameter_device(self.model)) as (bn, rng):
             run_pass = self._passes(bn, rng)
             for k in _chunks(self.num_tangents, self.chunk_size):
                 v = self.guess.weight_tangents(list(params.items()), k, self.generator)
-                d, losses = run_pass(lambda v=v: engine.weight_jvps(params, v, x, targets, loss_fn))
-                jvps.append(d.mean(1))  # JVP of the mean loss, (k,)
+                pushed = v if share is None else _share_of(v, share)
+                d, losses = run_pass(
+                    lambda v=pushed: engine.weight_jvps(params, v, x, targets, loss_fn)
+                )
+                d = d.mean(1)  # JVP of the mean loss, (k,)
+                jvps.append(d if share is None else share.gather(d))
                 for n in names:
                     tangents[n].append(v[n])
                 loss = losses.mean()
         d = torch.cat(jvps, 0)
+        if self.parallel is not None and self.parallel.grid.data_size > 1:
+            d, loss = self._jvps_over_shards(d, loss, x.shape[0])
         v_all = {n: torch.cat(tangents[n], 0).reshape(len(d), -1) for n in names}  # (k, numel)
         groups = [names] if self.scope == "global" else _by_module(names)
         for group in groups:
@@ -362,6 +453,13 @@ class Estimator:
                 sink.add(params[n], piece.reshape(params[n].shape))
         return loss
 
+    def _jvps_over_shards(self, d: Tensor, loss: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """The whole batch's k JVPs and mean loss from every shard's: k + 2 numbers."""
+        _refuse_batch_statistics(self.model, self.parallel.grid.mode)
+        flat = torch.cat([d, loss.to(d.dtype).reshape(1), torch.ones(1, dtype=d.dtype)]) * batch
+        flat = self.parallel.sum_over_shards(flat)
+        return flat[:-2] / flat[-1], flat[-2] / flat[-1]
+
     def _backprop(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
@@ -369,6 +467,22 @@ class Estimator:
             loss = loss_fn(self.model(x), targets).mean()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         return loss.detach(), {p: g for p, g in zip(params, grads) if g is not None}
+
+
+def _share_of(tangents: dict[str, Tensor], share: TangentShare) -> dict[str, Tensor]:
+    return {n: t[share.start : share.stop] for n, t in tangents.items()}
+
+
+def _refuse_batch_statistics(model: nn.Module, mode: str) -> None:
+    """A batch split over processes would give each BatchNorm its shard's statistics (and
+    each process its own running statistics): refuse rather than train a different model."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+            raise LaunchError(
+                f"{name or 'the model'} ({type(m).__name__}, training mode) normalises by the "
+                f"batch's statistics, which --parallel {mode} would split over processes; use "
+                "--parallel tangents, or eval-mode normalisation"
+            )
 
 
 def _make_guess(guess: str | Guess, options: dict) -> Guess:
