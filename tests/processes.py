@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ class Finished:
     rank: int
     returncode: int
     output: str
+    seconds: float = 0.0  # from the launch to this process's end
 
 
 def free_port() -> int:
@@ -50,37 +52,52 @@ def environment(rank: int, world: int, port: int, extra: dict | None = None) -> 
 
 
 def launch(
-    args: list[str], world: int = 2, timeout: float = 90.0, extra_env: dict | None = None, cwd=None
+    args: list[str],
+    world: int = 2,
+    timeout: float = 90.0,
+    extra_env: dict | None = None,
+    cwd=None,
+    grace: float = 5.0,
 ) -> list[Finished]:
-    """Run ``python *args`` as ``world`` processes; every one is killed after ``timeout`` s."""
+    """Run ``python *args`` as ``world`` processes. As ``torchrun`` does, once one fails the
+    others get ``grace`` seconds before they are killed; every one is killed after
+    ``timeout`` seconds. Each :class:`Finished` says when its process ended."""
     port = free_port()
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(world)]
+    start = time.monotonic()
     procs = [
         subprocess.Popen(
             [sys.executable, *args],
             env=environment(rank, world, port, (extra_env or {}).get(rank)),
-            stdout=subprocess.PIPE,
+            stdout=logs[rank],
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd,
         )
         for rank in range(world)
     ]
-    deadline = time.monotonic() + timeout
-    outputs = []
+    ended: dict[int, float] = {}
+    deadline = start + timeout
     try:
-        for p in procs:
-            left = max(0.1, deadline - time.monotonic())
-            try:
-                out, _ = p.communicate(timeout=left)
-            except subprocess.TimeoutExpired:
-                out = ""
-            outputs.append(out)
+        while len(ended) < world and time.monotonic() < deadline:
+            for rank, p in enumerate(procs):
+                if rank not in ended and p.poll() is not None:
+                    ended[rank] = time.monotonic() - start
+                    if p.returncode != 0:
+                        deadline = min(deadline, time.monotonic() + grace)
+            time.sleep(0.05)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [Finished(r, p.returncode, o) for r, (p, o) in enumerate(zip(procs, outputs))]
+    finished = []
+    for rank, (p, log) in enumerate(zip(procs, logs)):
+        log.seek(0)
+        seconds = ended.get(rank, time.monotonic() - start)
+        finished.append(Finished(rank, p.returncode, log.read(), seconds))
+        log.close()
+    return finished
 
 
 def check_all_succeeded(finished: list[Finished]) -> None:

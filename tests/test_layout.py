@@ -13,14 +13,14 @@ import forwardgrad
 PACKAGE = Path(forwardgrad.__file__).parent
 
 LAYERS = [
-    {"io", "stats", "config_fields", "environment", "memory"},
+    {"io", "stats", "config_fields", "environment", "memory", "distributed"},
     {"core"},
     {"guesses", "models", "data", "closedform"},
     {"estimation"},
     {"diagnostics"},
     {"training"},
     {"bench", "reproduce"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

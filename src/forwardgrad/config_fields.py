@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "optimizer": "optimizer",
     "schedule": "schedule (training length and batches)",
     "run": "run (seed, device, bookkeeping)",
+    "parallel": "parallel (how the processes of a torchrun launch share each step)",
 }
 """The config's sections, in ``--help`` order: also the TOML tables a config file may use."""
 

@@ -12,9 +12,9 @@ from forwardgrad import Estimator
 
 def mlp(dtype) -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)).to(
-        dtype
-    )
+    return nn.Sequential(
+        nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)
+    ).to(dtype)
 
 
 class SmallConv(nn.Module):

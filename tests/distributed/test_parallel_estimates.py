@@ -40,7 +40,9 @@ def _one_process(case, shard: int | None = None):
 
 
 def _tolerance(case):
-    return dict(rtol=1e-4, atol=1e-6) if case.dtype == torch.float32 else dict(rtol=1e-9, atol=1e-12)
+    return (
+        dict(rtol=1e-4, atol=1e-6) if case.dtype == torch.float32 else dict(rtol=1e-9, atol=1e-12)
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -87,7 +89,9 @@ def test_shard_streams_differ_so_shards_tangents_are_independent():
 
 def test_a_tangent_split_sends_only_the_jvps(ranks):
     # k = 4 tangents, 2 per process, batch 10, float64: each process sends its (2, 10) JVPs.
-    assert ranks[0]["tangents-activation-projection"]["sent"] == {"tangent JVPs": 2 * 10 * 8 * STEPS}
+    assert ranks[0]["tangents-activation-projection"]["sent"] == {
+        "tangent JVPs": 2 * 10 * 8 * STEPS
+    }
     # weight-space: the JVPs of the mean loss, (2,) per process
     assert ranks[1]["tangents-weight-projection"]["sent"] == {"tangent JVPs": 2 * 8 * STEPS}
 

@@ -61,10 +61,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args)
     cfg = config_from_args(args)
-    out = _out_dir(args, cfg)
-    result = train(cfg, out, progress=not args.no_progress)
-    _print_result(result, out)
+    _say_process_count(cfg)
+    out = _out_dir(args, cfg) if _keeps_the_folder() else Path(args.out or ".")
+    result = train(cfg, out, progress=not args.no_progress and _keeps_the_folder())
+    if _keeps_the_folder():
+        _print_result(result, result.out_dir)
     return 0
+
+
+def _keeps_the_folder() -> bool:
+    """Whether this process writes the run (one process, or process 0 of a torchrun launch);
+    the others say nothing unless they fail. Only process 0 chooses the default folder."""
+    from ..distributed import launched_world
+
+    return launched_world()[0] == 0
+
+
+def _say_process_count(cfg: TrainConfig) -> None:
+    from ..distributed import launched_world
+
+    if cfg.parallel != "none" and launched_world()[1] == 1:
+        print(
+            f"--parallel {cfg.parallel}: one process (torchrun --nproc-per-node N -m "
+            "forwardgrad train ... launches N)",
+            file=sys.stderr,
+        )
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -82,7 +103,10 @@ def _resume(args: argparse.Namespace) -> int:
     if values and (run / "checkpoint.pt").exists():
         saved = config_from_saved(read_config(run), run / "config.json")
         requested = config_from_mapping(values, saved)
-    result = train(requested, run, resume=True, progress=not args.no_progress)
+    leader = _keeps_the_folder()
+    result = train(requested, run, resume=True, progress=not args.no_progress and leader)
+    if not leader:
+        return 0
     if result.epochs_trained == 0:
         done = result.summary["epochs_completed"]
         print(

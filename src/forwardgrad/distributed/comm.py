@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter
 from datetime import timedelta
 
@@ -73,15 +74,21 @@ class Collectives:
         self.sent: Counter[str] = Counter()
         self._tangent_group = self._data_group = None
         if not self.alone:
-            # Every process must create every group, in the same order.
-            for ranks in grid.tangent_group_ranks():
-                group = dist.new_group(ranks)
-                if grid.rank in ranks:
-                    self._tangent_group = group
-            for ranks in grid.data_group_ranks():
-                group = dist.new_group(ranks)
-                if grid.rank in ranks:
-                    self._data_group = group
+            self._tangent_group = self._own_group(grid.tangent_group_ranks())
+            self._data_group = self._own_group(grid.data_group_ranks())
+
+    def _own_group(self, partition: list[list[int]]):
+        """This process's group of ``partition`` (None: the whole world). Every process must
+        create every group, in the same order; each waits at most the run's timeout."""
+        if len(partition) == 1:
+            return None
+        timeout = timedelta(seconds=self.timeout_s) if self.timeout_s else None
+        mine = None
+        for ranks in partition:
+            group = dist.new_group(ranks, timeout=timeout)
+            if self.grid.rank in ranks:
+                mine = group
+        return mine
 
     # ------------------------------------------------------------------ tensors
 
@@ -142,12 +149,19 @@ class Collectives:
         try:
             op(*args, **kwargs)
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = _first_sentence(e)
             bound = f" (timeout {self.timeout_s:g} s)" if self.timeout_s else ""
             raise CollectiveFailed(
                 f"process {self.grid.rank} of {self.grid.world}: the exchange of {what} with the "
                 f"other processes failed{bound}; one of them has stopped or hangs ({first})"
             ) from None
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The backend's message without its source location: 'Connection reset by peer', ..."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"^\[[^\]]*\.(cpp|cc|h):\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")
 
 
 def tensor_checksum(tensors: list[Tensor]) -> int:

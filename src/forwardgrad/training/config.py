@@ -141,6 +141,33 @@ class TrainConfig(GuessOptions):
     tensorboard: bool = option(
         False, "run", "also log metrics to RUN_DIR/tensorboard (true/false; extra)"
     )
+    parallel: str = option(
+        "none",
+        "parallel",
+        "{choices}: split each step's tangents, its batch, or both over the processes "
+        "torchrun launched (none: one process)",
+    )
+    tangent_procs: int | None = option(
+        None,
+        "parallel",
+        "--parallel both: processes that split one batch shard's tangents (a divisor of the "
+        "process count)",
+        minimum=1,
+        or_also="none",
+        none_means="the largest divisor at most the count's square root",
+    )
+    parallel_timeout: float = option(
+        300.0,
+        "parallel",
+        "seconds a process waits for the others before the run stops with an error",
+        rule=positive(),
+    )
+    checksum_every: int = option(
+        100,
+        "parallel",
+        "steps between checks that every process holds bit-identical parameters",
+        minimum=1,
+    )
 
     GUESS_OPTION_KEYS: typing.ClassVar[tuple[str, ...]] = tuple(
         f.name for f in dataclasses.fields(GuessOptions)
@@ -267,6 +294,7 @@ def choices() -> dict[str, list[str]]:
     from ..core.samplers import SAMPLERS
     from ..core.strategies import JVP_MODES
     from ..data import DATASETS
+    from ..distributed import PARALLEL_MODES
     from ..estimation.estimator import SCOPES
     from ..guesses import GUESSES
     from ..guesses.jacobian import GRAM_DTYPES, SOLVERS
@@ -287,6 +315,7 @@ def choices() -> dict[str, list[str]]:
         "gram_dtype": list(GRAM_DTYPES),
         "optimizer": list(OPTIMIZERS),
         "sampler": list(SAMPLERS),
+        "parallel": list(PARALLEL_MODES),
     }
 
 
@@ -389,6 +418,11 @@ def _check_model_options(cfg: TrainConfig) -> None:
 
 def _check_combinations(cfg: TrainConfig) -> None:
     _check_model_options(cfg)
+    if cfg.tangent_procs is not None and cfg.parallel != "both":
+        raise ConfigError(
+            f"tangent_procs = {cfg.tangent_procs} is read only by parallel 'both'; here "
+            f"parallel is {cfg.parallel!r}: leave it out"
+        )
     unread = unread_options(cfg)
     if unread:
         given = ", ".join(f"{k} = {getattr(cfg, k)!r}" for k in unread)

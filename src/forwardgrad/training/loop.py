@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,12 @@ class Session:
     custom_guess: bool = False  # built by an estimator_factory
     callbacks: list = field(default_factory=list)  # a caller's, after the standard ones
     tensors: tuple[Tensor, Tensor, Tensor, Tensor] = ()  # x/y train, x/y test, on the device
+    team: Any = None  # the run's processes (forwardgrad.distributed.Collectives), or None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process keeps the run folder (the only one, or process 0)."""
+        return self.team is None or self.team.grid.rank == 0
 
 
 def run_probe(run: Session, epoch: int) -> None:
@@ -85,18 +92,26 @@ def run_probe(run: Session, epoch: int) -> None:
     write_jsonl(run.out / "probes.jsonl", run.probe_rows)
 
 
-def run_record(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+def run_record(cfg: TrainConfig, data: Dataset, team: Any = None) -> dict[str, Any]:
     return {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
         "data": data.summary(),
         "environment": environment(),
+        "processes": processes_of(team, cfg),
         "resumed": [],
     }
 
 
+def processes_of(team: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """How many processes share the run, and how (for ``config.json``)."""
+    if team is None:
+        return {"mode": cfg.parallel, "processes": 1, "data_shards": 1, "tangent_shares": 1}
+    return team.grid.describe()
+
+
 def start_fresh(run: Session) -> None:
-    write_json(run.out / "config.json", run_record(run.cfg, run.data))
+    write_json(run.out / "config.json", run_record(run.cfg, run.data, run.team))
     if run.probe_estimator is not None:
         run_probe(run, 0)  # the starting point of the trajectory
 
@@ -110,6 +125,14 @@ def _read_rows(path: Path, up_to: int) -> list[dict]:
 
 def restore(run: Session, state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's states into the session, or say why they do not fit its config."""
+    restore_state(run, state, path)
+    run.rows = _read_rows(run.out / "metrics.jsonl", run.start_epoch)
+    if run.probe_estimator is not None:
+        run.probe_rows = _read_rows(run.out / "probes.jsonl", run.start_epoch)
+
+
+def restore_state(run: Session, state: dict[str, Any], path: Path) -> None:
+    """The states of :func:`session_state` (read from ``path``) into the session's objects."""
     load_model_state(run.model, state, path)
     try:
         run.optimizer.load_state_dict(state["optimizer"])
@@ -126,12 +149,10 @@ def restore(run: Session, state: dict[str, Any], path: Path) -> None:
         ) from None
     run.start_epoch = run.epoch = run.checkpoint_epoch = int(state["epoch"])
     run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
-    run.rows = _read_rows(run.out / "metrics.jsonl", run.start_epoch)
-    if run.probe_estimator is not None:
-        run.probe_rows = _read_rows(run.out / "probes.jsonl", run.start_epoch)
 
 
-def save_state(run: Session, epoch: int) -> None:
+def session_state(run: Session, epoch: int) -> dict[str, Any]:
+    """Everything a checkpoint holds: the states to continue the run from ``epoch``."""
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -145,7 +166,12 @@ def save_state(run: Session, epoch: int) -> None:
     }
     if run.probe_estimator is not None:
         state["probe_estimator"] = run.probe_estimator.state_dict()
-    save_checkpoint(run.out / "checkpoint.pt", state)
+    return state
+
+
+def save_state(run: Session, epoch: int) -> None:
+    if run.writes:
+        save_checkpoint(run.out / "checkpoint.pt", session_state(run, epoch))
     run.checkpoint_epoch = epoch
 
 
@@ -188,6 +214,8 @@ class MetricsLog(Callback):
 
     def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
         run.rows.append(row)
+        if not run.writes:
+            return
         write_jsonl(run.out / "metrics.jsonl", run.rows)
         if run.tensorboard is not None:
             run.tensorboard.log(row)
@@ -198,6 +226,8 @@ class Probes(Callback):
     probe estimator's generator)."""
 
     def after_epoch(self, run: Session, row: dict[str, Any]) -> None:
+        if not run.writes:
+            return
         if run.probe_estimator is not None and run.epoch % run.cfg.probe_every == 0:
             run_probe(run, run.epoch)
 
@@ -210,9 +240,10 @@ class Checkpoints(Callback):
             save_state(run, run.epoch)
 
 
-def standard_callbacks() -> list[Callback]:
-    """What every run does, in order: guard, log, probe, checkpoint."""
-    return [DivergenceGuard(), MetricsLog(), Probes(), Checkpoints()]
+def standard_callbacks(guards: Sequence[Callback] = ()) -> list[Callback]:
+    """What every run does, in order: guard (and the other ``guards``), log, probe,
+    checkpoint."""
+    return [DivergenceGuard(), *guards, MetricsLog(), Probes(), Checkpoints()]
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -253,13 +284,20 @@ def fit(run: Session, callbacks: list[Callback]) -> None:
 
 
 def _batches(run: Session):
-    """One epoch's shuffled minibatches, as model inputs (augmented when the run augments)."""
+    """One epoch's shuffled minibatches, as model inputs (augmented when the run augments);
+    with the batch split over processes, this process's shard of each. Every process draws
+    the whole batch's order and augmentation, so their generators stay alike."""
     x_train, y_train = run.tensors[:2]
     order = torch.randperm(len(x_train), generator=run.shuffle).to(run.device)
+    grid = run.team.grid if run.team is not None else None
     run.model.train()
     for start in range(0, len(x_train), run.cfg.batch_size):
         idx = order[start : start + run.cfg.batch_size]
-        yield run.data.features(x_train[idx], True, run.augment), y_train[idx]
+        x, y = run.data.features(x_train[idx], True, run.augment), y_train[idx]
+        if grid is not None and grid.data_size > 1:
+            lo, hi = grid.data_slice(len(idx))
+            x, y = x[lo:hi], y[lo:hi]
+        yield x, y
 
 
 def _step(run: Session, x: Tensor, y: Tensor) -> Tensor:
@@ -289,8 +327,15 @@ def _evaluation_row(run: Session, seconds: float) -> dict[str, Any]:
 
 
 def write_summary(run: Session, status: str, failure: dict | None) -> dict:
+    summary = summary_of(run, status, failure)
+    if run.writes:
+        write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def summary_of(run: Session, status: str, failure: dict | None) -> dict:
     rows = run.rows
-    summary = {
+    return {
         "status": status,
         "guess": run.cfg.guess,
         "seed": run.cfg.seed,
@@ -302,8 +347,6 @@ def write_summary(run: Session, status: str, failure: dict | None) -> dict:
         "checkpoint_epoch": run.checkpoint_epoch,
         "config": run.cfg.to_dict(),
     }
-    write_json(run.out / "summary.json", summary)
-    return summary
 
 
 def _out_of_memory(cfg: TrainConfig, error: BaseException) -> StepOutOfMemory:

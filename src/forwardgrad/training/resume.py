@@ -14,7 +14,19 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, coerce, field_names, unread_options
 
-RESUME_FIELDS = ("epochs", "checkpoint_every", "threads", "data_dir", "tensorboard")
+RESUME_FIELDS = (
+    "epochs",
+    "checkpoint_every",
+    "threads",
+    "data_dir",
+    "tensorboard",
+    # a run resumes with any process count and split: each gives the one-process estimate
+    # (a data split of per-example tangents: one of the same distribution)
+    "parallel",
+    "tangent_procs",
+    "parallel_timeout",
+    "checksum_every",
+)
 """Config keys a resumed run may change; every other key is fixed by the run."""
 
 

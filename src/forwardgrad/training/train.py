@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .. import models
 from ..core.state import untouched
 from ..data import Dataset, load_dataset
+from ..distributed import CollectiveFailed, Collectives, LaunchError
 from ..environment import environment, torch_threads
 from ..estimation import Estimator
 from ..io import write_json
@@ -39,12 +40,29 @@ from .loop import (
     Session,
     evaluate,
     fit,
+    processes_of,
     restore,
+    restore_state,
+    session_state,
     standard_callbacks,
     start_fresh,
+    summary_of,
     write_summary,
 )
 from .optimizers import make_optimizer
+from .processes import (
+    ParameterChecksum,
+    ProcessesDisagree,
+    agree,
+    agree_on_config,
+    await_leader,
+    check_identical,
+    check_shards,
+    is_leader,
+    join,
+    release_followers,
+    stop_followers,
+)
 from .resume import (
     ResumeRefused,
     check_checkpoint_config,
@@ -107,7 +125,11 @@ def checkpoint_model(cfg: TrainConfig, data: Dataset, path: Path) -> tuple[nn.Mo
     return model.eval(), int(state["epoch"])
 
 
-def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
+def build_estimator(
+    cfg: TrainConfig, model: nn.Module, parallel: Collectives | None = None
+) -> Estimator:
+    """The estimator ``cfg`` describes; ``parallel``: this process's share of a run over
+    several processes."""
     return Estimator(
         model,
         cfg.guess,
@@ -119,6 +141,7 @@ def build_estimator(cfg: TrainConfig, model: nn.Module) -> Estimator:
         chunk_size=cfg.chunk_size,
         low_memory=cfg.low_memory,
         sites=cfg.site_patterns(),
+        parallel=parallel,
         **cfg.guess_options(),
     )
 
@@ -250,12 +273,22 @@ def _check_run(run: Session) -> None:
 
 
 def _build_run(
-    cfg: TrainConfig, data: Dataset, out: Path, factory: EstimatorFactory | None
+    cfg: TrainConfig,
+    data: Dataset,
+    out: Path,
+    factory: EstimatorFactory | None,
+    team: Collectives | None = None,
 ) -> Session:
-    device = torch.device(cfg.device)
+    device = _run_device(cfg, team)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
-    estimator = (factory or build_estimator)(cfg, model)
+    if team is None:
+        estimator = (factory or build_estimator)(cfg, model)
+    elif factory is not None:
+        raise LaunchError("an estimator_factory's estimator cannot be split over processes")
+    else:
+        check_shards(team, cfg, len(data.x_train))
+        estimator = build_estimator(cfg, model, parallel=team)
     optimizer = make_optimizer(
         cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum
     )
@@ -270,11 +303,22 @@ def _build_run(
         shuffle=torch.Generator().manual_seed(cfg.seed + 1),
         augment=torch.Generator().manual_seed(cfg.seed + 2),  # on-the-fly augmentation
         tensors=tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test)),
+        team=team,
     )
-    if cfg.probe_every:
+    if cfg.probe_every and run.writes:
         run.probe_estimator = build_probe_estimator(cfg, model, factory)
         run.probe_data = probe_batch(data, cfg.batch_size, cfg.seed, device)
     return run
+
+
+def _run_device(cfg: TrainConfig, team: Collectives | None) -> torch.device:
+    """``cfg.device``; on CUDA with several processes, each process's own GPU."""
+    device = torch.device(cfg.device)
+    if team is not None and device.type == "cuda" and device.index is None:
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 # --------------------------------------------------------------------------------- train()
@@ -307,27 +351,49 @@ def train(
     input.
     """
     out = Path(out_dir)
-    check_out_dir(out)
-    refuse_busy(out)
     custom = estimator_factory is not None
     if resume:
+        check_out_dir(out)
         record, cfg = _resume_request(out, cfg, epochs, custom)
     else:
         if cfg is None:
             raise ConfigError("train() needs a config for a new run (cfg=None only on resume)")
         cfg = dataclasses.replace(cfg, epochs=epochs) if epochs is not None else cfg
         cfg.validate(custom)
-        refuse_taken(out)
         record = None
+    team = join(cfg)
+    if team is not None:
+        agree_on_config(team, cfg, resume)
+    agree(team, _folder_problem(out, resume) if is_leader(team) else None, "the run folder")
     with torch_threads(cfg.threads):
-        data = data if data is not None else load_data(cfg)
-        if record is not None:
-            check_same_data(record, data.summary(), out)
-        run = _build_run(cfg, data, out, estimator_factory)
-        run.custom_guess = custom
-        run.callbacks = list(callbacks)
-        _check_run(run)
+        run = None
+        try:
+            data = data if data is not None else load_data(cfg)
+            if record is not None:
+                check_same_data(record, data.summary(), out)
+            run = _build_run(cfg, data, out, estimator_factory, team)
+            run.custom_guess = custom
+            run.callbacks = list(callbacks)
+            run.progress = progress
+            _check_run(run)
+        except Exception as e:
+            agree(team, e, "building the run")
+        agree(team, None, "building the run")
+        if not run.writes:
+            return _follow(run)
         return _train_in_folder(run, record, progress)
+
+
+def _folder_problem(out: Path, resume: bool) -> Exception | None:
+    """Why the run cannot use ``out`` (None: it can); checked by the process that keeps it."""
+    try:
+        check_out_dir(out)
+        refuse_busy(out)
+        if not resume:
+            refuse_taken(out)
+    except Exception as e:
+        return e
+    return None
 
 
 def _resume_request(
@@ -359,14 +425,8 @@ def _train_in_folder(run: Session, record: dict | None, progress: bool) -> RunRe
     with RunLock(run.out) as lock:
         remove_temp_files(run.out)
         try:
-            if fresh:
-                refuse_taken(run.out)  # again, now that no other process can start here
-                start_fresh(run)
-            else:
-                done = _resume_in_folder(run, record)
-                if done is not None:
-                    return done
-            return _train_and_finish(run)
+            done = _start_in_folder(run, record)
+            return done if done is not None else _train_and_finish(run)
         except TrainingDiverged:
             raise
         except BaseException as e:
@@ -377,6 +437,8 @@ def _train_in_folder(run: Session, record: dict | None, progress: bool) -> RunRe
                 raise RunInterrupted(
                     run.out, max(run.epoch, 1), run.cfg.epochs, run.checkpoint_epoch, not discarded
                 ) from None
+            if isinstance(e, (CollectiveFailed, ProcessesDisagree)):
+                raise type(e)(f"{e}. {_what_was_kept(run, discarded)}") from None
             raise
         finally:
             if run.tensorboard is not None:
@@ -384,6 +446,34 @@ def _train_in_folder(run: Session, record: dict | None, progress: bool) -> RunRe
             if discarded and lock.created:
                 lock.release()
                 discard_run(run.out, created=True)
+
+
+def _start_in_folder(run: Session, record: dict | None) -> RunResult | None:
+    """Start the run (no ``record``) or restore it; tell the other processes, if any, what to
+    continue from. A RunResult when there is nothing left to train."""
+    try:
+        if record is None:
+            refuse_taken(run.out)  # again, now that no other process can start here
+            start_fresh(run)
+        else:
+            done = _resume_in_folder(run, record)
+            if done is not None:
+                release_followers(run, session_state(run, run.start_epoch), done=True)
+                return done
+    except BaseException as e:
+        stop_followers(run, e)
+        raise
+    release_followers(run, None if record is None else session_state(run, run.start_epoch))
+    return None
+
+
+def _what_was_kept(run: Session, discarded: bool) -> str:
+    if run.checkpoint_epoch:
+        return (
+            f"The checkpoint of epoch {run.checkpoint_epoch} is kept; continue with "
+            f"forwardgrad train --resume {run.out} (with any number of processes)"
+        )
+    return f"No checkpoint was written{f'; {run.out} was cleaned up' if discarded else ''}"
 
 
 def _foreign_files(error: BaseException) -> bool:
@@ -411,11 +501,35 @@ def _resume_in_folder(run: Session, record: dict) -> RunResult | None:
         return RunResult(run.out, summary, epochs_trained=0)
     changes = {k: v for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v}
     record = {**record, "config": cfg.to_dict()}
-    entry = {"epoch": run.start_epoch, "changed": changes, "environment": environment()}
+    entry = {
+        "epoch": run.start_epoch,
+        "changed": changes,
+        "environment": environment(),
+        "processes": processes_of(run.team, run.cfg),
+    }
     record["resumed"] = [*record.get("resumed", []), entry]
     write_json(run.out / "config.json", record)
     (run.out / "summary.json").unlink(missing_ok=True)  # stale until this session ends
     return None
+
+
+def _follow(run: Session) -> RunResult:
+    """A process that does not keep the folder: the leader's state, then the same training."""
+    state, done = await_leader(run)
+    if state is not None:
+        restore_state(run, state, run.out / "checkpoint.pt")
+    if not done:
+        _fit(run)
+    trained = 0 if done else run.cfg.epochs - run.start_epoch
+    return RunResult(run.out, summary_of(run, "completed", None), epochs_trained=trained)
+
+
+def _fit(run: Session) -> None:
+    guards = []
+    if run.team is not None:
+        check_identical(run, "the start")
+        guards.append(ParameterChecksum(run.cfg.checksum_every))
+    fit(run, [*standard_callbacks(guards), *run.callbacks])
 
 
 def _train_and_finish(run: Session) -> RunResult:
@@ -424,7 +538,7 @@ def _train_and_finish(run: Session) -> RunResult:
 
         run.tensorboard = TensorBoardLog(run.out, run.start_epoch)
     try:
-        fit(run, [*standard_callbacks(), *run.callbacks])
+        _fit(run)
     except TrainingDiverged as e:
         failure = {"epoch": e.epoch, "step": e.step, "what": e.what, "message": str(e)}
         write_summary(run, "diverged", failure)
