@@ -11,6 +11,7 @@ from .comm import (
     collectives_for,
     init_process_group,
     launched_world,
+    leave,
     tensor_checksum,
 )
 from .grid import PARALLEL_MODES, LaunchError, ProcessGrid, make_grid
@@ -25,6 +26,7 @@ __all__ = [
     "collectives_for",
     "init_process_group",
     "launched_world",
+    "leave",
     "make_grid",
     "tensor_checksum",
 ]

@@ -46,16 +46,27 @@ def launched_world() -> tuple[int, int]:
         ) from None
 
 
-def init_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+def init_process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Join the processes ``torchrun`` launched (gloo on CPU, nccl on CUDA), once; nothing for
     one process. ``timeout_s`` bounds every collective: a process that hangs longer makes the
-    others stop with :class:`CollectiveFailed`."""
+    others stop with :class:`CollectiveFailed`. True when this call created the group (its
+    caller then ends it with :func:`leave`)."""
     if dist.is_initialized() or launched_world()[1] == 1:
-        return
+        return False
     if not dist.is_available():
         raise LaunchError("this PyTorch build has no torch.distributed")
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def leave() -> None:
+    """End the process group (a process that exits with one open may abort in its teardown)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Collectives:

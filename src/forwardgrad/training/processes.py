@@ -16,6 +16,8 @@ instead of waiting for a partner that has gone. Failures during training surface
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor
@@ -27,6 +29,7 @@ from ..distributed import (
     collectives_for,
     init_process_group,
     launched_world,
+    leave,
 )
 from .config import TrainConfig
 from .loop import Callback, Session
@@ -36,14 +39,20 @@ class ProcessesDisagree(RuntimeError):
     """The processes of one run hold different parameters (or configs): stop, not guess."""
 
 
-def join(cfg: TrainConfig) -> Collectives | None:
+@contextmanager
+def joined(cfg: TrainConfig) -> Iterator[Collectives | None]:
     """This process's collectives for ``cfg.parallel`` (None for a run of one process, which
-    trains exactly as without ``--parallel``)."""
+    trains exactly as without ``--parallel``); a process group made here ends here."""
     _, world = launched_world()
     if world == 1:
-        return None
-    init_process_group(cfg.device, cfg.parallel_timeout)
-    return collectives_for(cfg.parallel, cfg.tangent_procs, cfg.parallel_timeout)
+        yield None
+        return
+    created = init_process_group(cfg.device, cfg.parallel_timeout)
+    try:
+        yield collectives_for(cfg.parallel, cfg.tangent_procs, cfg.parallel_timeout)
+    finally:
+        if created:
+            leave()
 
 
 def is_leader(team: Collectives | None) -> bool:

@@ -59,7 +59,7 @@ from .processes import (
     check_identical,
     check_shards,
     is_leader,
-    join,
+    joined,
     release_followers,
     stop_followers,
 )
@@ -345,10 +345,16 @@ def train(
     must be resumed with the same factory. ``callbacks`` run after the standard ones (divergence
     guard, metrics, probes, checkpoints) at every step and epoch, see :class:`~.loop.Callback`.
 
+    In a ``torchrun`` launch every process calls ``train`` with the same arguments and
+    ``cfg.parallel`` says how they share each step (:mod:`forwardgrad.distributed`); process 0
+    keeps the folder and the others write nothing (:mod:`.processes`).
+
     Raises :class:`TrainingDiverged` (after writing ``summary.json``), :class:`RunInterrupted`
     on Ctrl-C, :class:`StepOutOfMemory`, and :class:`~forwardgrad.training.config.ConfigError`,
     :class:`~forwardgrad.training.checkpoint.CheckpointError` or a ``runfolder`` error for bad
-    input.
+    input; over several processes also :class:`~forwardgrad.distributed.LaunchError`,
+    :class:`~forwardgrad.distributed.CollectiveFailed` (another process stopped or hung) and
+    :class:`~.processes.ProcessesDisagree`.
     """
     out = Path(out_dir)
     custom = estimator_factory is not None
@@ -361,7 +367,25 @@ def train(
         cfg = dataclasses.replace(cfg, epochs=epochs) if epochs is not None else cfg
         cfg.validate(custom)
         record = None
-    team = join(cfg)
+    with joined(cfg) as team:
+        return _train_in_team(
+            team, cfg, out, resume, record, progress, data, estimator_factory, callbacks
+        )
+
+
+def _train_in_team(
+    team: Collectives | None,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    record: dict | None,
+    progress: bool,
+    data: Dataset | None,
+    factory: EstimatorFactory | None,
+    callbacks: Sequence[Callback],
+) -> RunResult:
+    """Agree with the other processes (if any) on the config and folder, build the run in
+    each, then train it: the leader in its folder, the others following."""
     if team is not None:
         agree_on_config(team, cfg, resume)
     agree(team, _folder_problem(out, resume) if is_leader(team) else None, "the run folder")
@@ -371,8 +395,8 @@ def train(
             data = data if data is not None else load_data(cfg)
             if record is not None:
                 check_same_data(record, data.summary(), out)
-            run = _build_run(cfg, data, out, estimator_factory, team)
-            run.custom_guess = custom
+            run = _build_run(cfg, data, out, factory, team)
+            run.custom_guess = factory is not None
             run.callbacks = list(callbacks)
             run.progress = progress
             _check_run(run)
