@@ -301,7 +301,7 @@ def models_preset(depth_scan: bool = True) -> Preset:
     return Preset(_model_scenarios(depth_scan), _model_targets(depth_scan))
 
 
-PRESET_NAMES = ("targets", "models", "grid", "quick")
+PRESET_NAMES = ("targets", "models", "grid", "quick", "distributed")
 GRID_DEFAULTS = {
     "guesses": ["activation", "wt", "wperp", "weight"],
     "tangents": [1, 4, 16, 64],

@@ -31,6 +31,8 @@ def _int_list(text: str) -> list[int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..guesses import GUESSES
 
+    if args.preset == "distributed":
+        return _distributed(args)
     if args.preset == "targets":
         preset = targets_preset()
     elif args.preset == "models":
@@ -68,6 +70,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed(args: argparse.Namespace) -> int:
+    from ..bench import cost_model
+    from ..bench.distributed import Setup, run_distributed_bench, to_markdown
+    from ..io import write_json, write_text
+
+    def first(text: str | None, default: int) -> int:
+        return _int_list(text)[0] if text else default
+
+    setup = Setup(
+        depth=first(args.depths, Setup.depth),
+        width=first(args.widths, Setup.width),
+        batch=first(args.batches, Setup.batch),
+        tangents=first(args.tangents, Setup.tangents),
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    if setup.tangents % 2 or setup.batch < 2:
+        raise ValueError(
+            f"the distributed preset splits k and the batch over 2 processes: --tangents "
+            f"{setup.tangents} must be even and --batches {setup.batch} at least 2"
+        )
+    out = run_distributed_bench(setup, log=lambda s: print(s, file=sys.stderr, flush=True))
+    text = to_markdown(out) + "\n" + cost_model.to_markdown(out)
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "bench.json", out)
+    write_text(folder / "bench.md", text)
+    print(text)
+    print(f"wrote {folder / 'bench.json'} and {folder / 'bench.md'}")
+    return 0
+
+
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
@@ -78,7 +112,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
             "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
             "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'grid' "
             "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
-            "narrow it with the list flags), 'quick' (seconds)."
+            "narrow it with the list flags), 'quick' (seconds), 'distributed' (two processes on "
+            "127.0.0.1 against one: bytes sent per step and step time, with a projection to "
+            "many processes; the first value of --depths/--widths/--batches/--tangents sets "
+            "its MLP, default 3 x 512, batch 256, k = 16)."
         ),
     )
     p.add_argument("--preset", choices=PRESET_NAMES, default="targets", help="default: targets")
