@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import torch
-from parallel_cases import CASES, STEPS
+from parallel_cases import BOTH, CASES, STEPS
 
 from forwardgrad.distributed import collectives_for, init_process_group
 
@@ -15,8 +16,9 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     init_process_group("cpu", timeout_s=60)
     results = {}
-    for name, case in CASES.items():
-        comm = collectives_for(case.mode)
+    cases = BOTH if int(os.environ["WORLD_SIZE"]) == 4 else CASES
+    for name, case in cases.items():
+        comm = collectives_for(case.mode, tangent_procs=2 if case.mode == "both" else None)
         model, x, y = case.problem()
         estimator = case.estimator(model, parallel=comm)
         lo, hi = comm.grid.data_slice(len(x))

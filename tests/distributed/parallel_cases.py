@@ -88,4 +88,11 @@ PER_SHARD = {
     "data-conv-activation-projection": Case("data", "conv", "activation", 3, "projection"),
 }
 CASES = {**EXACT, **PER_SHARD}
+# Four processes on a 2 x 2 grid (two shards, two tangent shares each).
+BOTH = {
+    "both-weight-projection": Case("both", "mlp", "weight", 4, "projection"),
+    "both-conv-weight-mean": Case("both", "conv", "weight", 4, "mean"),
+    "both-activation-projection": Case("both", "mlp", "activation", 4, "projection"),
+    "both-wt-mean": Case("both", "mlp", "wt", 4, "mean"),
+}
 STEPS = 2  # two estimates in a row: the generators must advance alike too

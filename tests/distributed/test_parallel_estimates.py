@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parallel_cases import CASES, EXACT, PER_SHARD, STEPS
+from parallel_cases import BOTH, CASES, EXACT, PER_SHARD, STEPS
 from processes import check_all_succeeded, launch
 
 from forwardgrad.distributed import Collectives, make_grid
@@ -22,13 +22,22 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
+@pytest.fixture(scope="module")
+def grid_ranks(tmp_path_factory):
+    """Four processes on a 2 x 2 grid."""
+    out = tmp_path_factory.mktemp("grid")
+    check_all_succeeded(launch([str(HERE / "estimate_worker.py"), str(out)], world=4, timeout=180))
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(4)]
+
+
 def _one_process(case, shard: int | None = None):
     """The case's estimates on one process: the whole batch, or one data shard of two drawing
     that shard's tangents (its sizes weigh the shards' sum)."""
     model, x, y = case.problem()
     parallel = None
     if shard is not None:
-        parallel = Collectives(make_grid(case.mode, 2, shard), alone=True)
+        # shard r of two, as a data split's process r holds it (a 2 x 2 grid's process 2r)
+        parallel = Collectives(make_grid("data", 2, shard), alone=True)
         lo, hi = parallel.grid.data_slice(len(x))
         x, y = x[lo:hi], y[lo:hi]
     estimator = case.estimator(model, parallel)
@@ -105,3 +114,30 @@ def test_a_data_split_of_per_example_tangents_sends_the_gradient(ranks):
     model, _, _ = PER_SHARD["data-activation-mean"].problem()
     params = sum(p.numel() for p in model.parameters())
     assert ranks[1]["data-activation-mean"]["sent"] == {"shard sums": (params + 2) * 8 * STEPS}
+
+
+@pytest.mark.parametrize("name", list(BOTH))
+def test_a_two_by_two_grid_forms_one_estimate_on_every_process(grid_ranks, name):
+    """Shared (weight-space) tangents: the one-process estimate. Per-example tangents: the
+    shards' weighted sum, each shard's tangents split over its two processes."""
+    case = BOTH[name]
+    for rank in range(1, 4):
+        for (l0, g0), (l1, g1) in zip(
+            grid_ranks[0][name]["steps"], grid_ranks[rank][name]["steps"]
+        ):
+            assert torch.equal(l0, l1)
+            assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    if case.guess == "weight":
+        expected = [(loss, grads) for loss, grads, _ in _one_process(case)]
+    else:
+        shards = [_one_process(case, shard) for shard in range(2)]
+        expected = []
+        for (l0, g0, b0), (l1, g1, b1) in zip(*shards):
+            mix = [(b0 * a + b1 * b) / (b0 + b1) for a, b in zip(g0, g1)]
+            expected.append(((b0 * l0 + b1 * l1) / (b0 + b1), mix))
+    for (loss, grads), (ref_loss, ref_grads) in zip(grid_ranks[0][name]["steps"], expected):
+        torch.testing.assert_close(loss, ref_loss, **_tolerance(case))
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, **_tolerance(case))
+    sent = grid_ranks[3][name]["sent"]
+    assert set(sent) == {"tangent JVPs", "shard sums"}
