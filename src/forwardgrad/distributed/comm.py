@@ -74,8 +74,9 @@ class Collectives:
     whole world, each counting its payload (bytes this process contributes) in :attr:`sent`.
 
     ``alone=True`` makes every collective return this process's own contribution, as if it
-    were the only process in its groups: the share of one process computed on its own, to
-    check it against a full run.
+    were the only process in its groups: a data shard's estimate computed on its own, to
+    check it against a full run (a tangent share alone has only its own JVPs, so it cannot
+    form an estimate).
     """
 
     def __init__(self, grid: ProcessGrid, *, alone: bool = False, timeout_s: float | None = None):
@@ -127,7 +128,7 @@ class Collectives:
         mine = tensor_checksum(tensors)
         if self.alone:
             return [mine]
-        value = torch.tensor([mine], dtype=torch.int64)
+        value = torch.tensor([mine], dtype=torch.int64, device=self._device())
         parts = [torch.empty_like(value) for _ in range(self.grid.world)]
         self._count("checksums", value)
         self._call("parameter checksums", dist.all_gather, parts, value)
@@ -152,6 +153,13 @@ class Collectives:
         return box[0]
 
     # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _device() -> torch.device:
+        """Where this backend's tensors live: NCCL takes CUDA tensors only."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def _count(self, what: str, t: Tensor) -> None:
         self.sent[what] += t.numel() * t.element_size()

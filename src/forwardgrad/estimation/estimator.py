@@ -275,6 +275,12 @@ class Estimator:
                 f"jvp='batch' needs the whole batch's loss in one pass; --parallel {grid.mode} "
                 "splits the batch over processes. Use --parallel tangents"
             )
+        why = self.guess.whole_batch_dependence() if grid.data_size > 1 else None
+        if why:
+            raise LaunchError(
+                f"--parallel {grid.mode} splits the batch over processes, but guess "
+                f"{self.guess_name!r} needs it whole: {why}. Use --parallel tangents"
+            )
 
     def _tangent_share(self) -> TangentShare | None:
         c = self.parallel
@@ -456,7 +462,8 @@ class Estimator:
     def _jvps_over_shards(self, d: Tensor, loss: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """The whole batch's k JVPs and mean loss from every shard's: k + 2 numbers."""
         _refuse_batch_statistics(self.model, self.parallel.grid.mode)
-        flat = torch.cat([d, loss.to(d.dtype).reshape(1), torch.ones(1, dtype=d.dtype)]) * batch
+        one = torch.ones(1, dtype=d.dtype, device=d.device)
+        flat = torch.cat([d, loss.to(d.dtype).reshape(1), one]) * batch
         flat = self.parallel.sum_over_shards(flat)
         return flat[:-2] / flat[-1], flat[-2] / flat[-1]
 
@@ -477,9 +484,11 @@ def _refuse_batch_statistics(model: nn.Module, mode: str) -> None:
     """A batch split over processes would give each BatchNorm its shard's statistics (and
     each process its own running statistics): refuse rather than train a different model."""
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training:
+        batch_norm = isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        if batch_norm and (m.training or m.running_mean is None):
             raise LaunchError(
-                f"{name or 'the model'} ({type(m).__name__}, training mode) normalises by the "
+                f"{name or 'the model'} ({type(m).__name__}, training mode or no running "
+                "statistics) normalises by the "
                 f"batch's statistics, which --parallel {mode} would split over processes; use "
                 "--parallel tangents, or eval-mode normalisation"
             )

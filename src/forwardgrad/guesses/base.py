@@ -71,6 +71,12 @@ class Guess:
         """Tangents ``(k, *p.shape)`` for every ``(name, p)`` of the trainable parameters."""
         raise NotImplementedError
 
+    def whole_batch_dependence(self) -> str | None:
+        """Why this guess's tangents (or the state it keeps) depend on the whole batch, so
+        that splitting the batch over processes would change the guess; None when they are
+        per example. Read by the estimator before a data split."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 

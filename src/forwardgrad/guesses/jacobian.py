@@ -171,6 +171,14 @@ class WPerp(Guess):
         full = torch.zeros(k, mask.shape[0], d1, dtype=w.dtype, device=w.device)
         return full.scatter_(2, idx.expand(k, -1, -1), u)
 
+    def whole_batch_dependence(self) -> str | None:
+        if self.options.solver != "newton-schulz":
+            return None
+        return (
+            "its Newton-Schulz calibration (sigma_k / sigma_1) is a median over the batch, so "
+            "each shard would keep its own; solvers 'randomized' and 'svd' are per example"
+        )
+
     def state_dict(self) -> dict:
         return {"calls": dict(self._calls), "sigma_ratio": dict(self._sigma_ratio)}
 

@@ -26,6 +26,9 @@ class ActivationMixing(Guess):
     option_names: tuple[str, ...] = ()
     needs_next_layer = True  # needs M_i, which only elementwise followers give
 
+    def whole_batch_dependence(self) -> str | None:
+        return "its tangents mix the activations of the whole batch (a shard would mix its own)"
+
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         if ctx.is_last:
             return isotropic_site_tangents(ctx, k, generator)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.state import untouched
 from ..data import Dataset
 from ..diagnostics import probe
 from ..environment import environment
@@ -86,8 +87,12 @@ class Session:
 
 
 def run_probe(run: Session, epoch: int) -> None:
+    """Probe the model; its BatchNorm statistics and the global random state (dropout) are
+    left as they were, so a run with probes trains exactly as one without."""
     x, y = run.probe_data
-    row = {"epoch": epoch, "step": run.step, **probe(run.model, run.probe_estimator, x, y)}
+    with untouched(run.model, run.device):
+        measured = probe(run.model, run.probe_estimator, x, y)
+    row = {"epoch": epoch, "step": run.step, **measured}
     run.probe_rows.append(row)
     write_jsonl(run.out / "probes.jsonl", run.probe_rows)
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .. import models
 from ..core.state import untouched
+from ..core.strategies import call_seed
 from ..data import Dataset, load_dataset
 from ..distributed import CollectiveFailed, Collectives, LaunchError
 from ..environment import environment, torch_threads
@@ -282,6 +283,9 @@ def _build_run(
     device = _run_device(cfg, team)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
+    if team is not None and team.grid.data_rank > 0:
+        # Each data shard draws its own dropout masks (the processes of one shard, the same).
+        torch.manual_seed(call_seed(cfg.seed, f"data shard {team.grid.data_rank}"))
     if team is None:
         estimator = (factory or build_estimator)(cfg, model)
     elif factory is not None:
@@ -399,10 +403,15 @@ def _train_in_team(
             run.custom_guess = factory is not None
             run.callbacks = list(callbacks)
             run.progress = progress
-            _check_run(run)
+            check_step_memory(run)
         except Exception as e:
             agree(team, e, "building the run")
         agree(team, None, "building the run")
+        try:  # a step exchanges with the other processes: agreed on separately
+            check_first_step(run.estimator, run.data, run.device)
+        except Exception as e:
+            agree(team, e, "the trial step")
+        agree(team, None, "the trial step")
         if not run.writes:
             return _follow(run)
         return _train_in_folder(run, record, progress)
