@@ -62,9 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _resume(args)
     cfg = config_from_args(args)
     _say_process_count(cfg)
-    out = _out_dir(args, cfg) if _keeps_the_folder() else Path(args.out or ".")
-    result = train(cfg, out, progress=not args.no_progress and _keeps_the_folder())
-    if _keeps_the_folder():
+    leader = _keeps_the_folder()
+    out = _out_dir(args, cfg) if leader else Path(args.out or ".")
+    result = train(cfg, out, progress=not args.no_progress and leader)
+    if leader:
         _print_result(result, result.out_dir)
     return 0
 

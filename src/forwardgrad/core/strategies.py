@@ -224,7 +224,7 @@ class OnePass(Strategy):
                 kept_jvps.append(res.jvps)
                 kept_tangents.append([c.tangent for c in res.calls])
                 continue
-            widths = [int(c.tangent[0, 0].numel()) if c.tangent is not None else 0 for c in calls]
+            widths = _widths([c.tangent for c in calls])
             coefs = coefficients(s, res.jvps, None, widths, s.num_tangents)
             part = [
                 estimate_of(c.tangent, coef) if c.tangent is not None else None
@@ -266,8 +266,7 @@ class OnePass(Strategy):
         if s.aggregation == "projection":
             estimates = _projected(s, d, per_call)
         else:
-            widths = [0 if u is None else int(u[0, 0].numel()) for u in per_call]
-            coefs = coefficients(s, d, None, widths)
+            coefs = coefficients(s, d, None, _widths(per_call))
             estimates = [None if u is None else estimate_of(u, c) for u, c in zip(per_call, coefs)]
         for call, est in zip(res.calls, estimates):
             if est is not None:
@@ -277,9 +276,13 @@ class OnePass(Strategy):
 
 def _projected(s: StepSettings, d: Tensor, per_call: list[Tensor]) -> list[Tensor]:
     """Every call's projection estimate from all k JVPs ``d`` and tangents ``per_call``."""
-    widths = [int(u[0, 0].numel()) for u in per_call]
-    coefs = coefficients(s, d, projection_grams(per_call, s.scope), widths)
+    coefs = coefficients(s, d, projection_grams(per_call, s.scope), _widths(per_call))
     return [estimate_of(u, c) for u, c in zip(per_call, coefs)]
+
+
+def _widths(per_call: list[Tensor | None]) -> list[int]:
+    """Each call's activity size per example, from its tangents ``(k, B, ...)`` (0: none)."""
+    return [0 if u is None else int(u[0, 0].numel()) for u in per_call]
 
 
 def _add(total: Tensor | None, part: Tensor | None) -> Tensor | None:

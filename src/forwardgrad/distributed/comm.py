@@ -183,6 +183,12 @@ def _first_sentence(error: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
+def is_leader(collectives: Collectives | None) -> bool:
+    """Whether this process is process 0 of its run (or the only one): the one that keeps the
+    run's files."""
+    return collectives is None or collectives.grid.rank == 0
+
+
 def tensor_checksum(tensors: list[Tensor]) -> int:
     """A 63-bit hash of the tensors' bytes: equal exactly when they are bit-identical (up to
     hash collisions)."""

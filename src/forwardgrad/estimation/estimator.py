@@ -309,15 +309,20 @@ class Estimator:
             (grads[p] if p in grads else torch.zeros_like(p, dtype=like.dtype)).reshape(-1)
             for p in params
         ]
-        one = torch.ones(1, dtype=like.dtype, device=like.device)
-        flat = torch.cat([*pieces, loss.to(like.dtype).reshape(1), one]).mul_(batch)
-        flat = self.parallel.sum_over_shards(flat)
-        total = flat[-1]
+        flat, loss = self._mean_over_shards(torch.cat(pieces), loss, batch)
         out = {}
-        for p, piece in zip(params, flat[:-2].div_(total).split([p.numel() for p in params])):
+        for p, piece in zip(params, flat.split([p.numel() for p in params])):
             if p in grads or bool(piece.any()):
                 out[p] = piece.view(p.shape)
-        return flat[-2] / total, out
+        return loss, out
+
+    def _mean_over_shards(self, values: Tensor, loss: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """The whole batch's mean of ``values`` (a shard's means, flat) and of the loss, from
+        every shard's weighted by its size: one all-reduce of ``values`` and two numbers."""
+        one = torch.ones(1, dtype=values.dtype, device=values.device)
+        flat = torch.cat([values, loss.to(values.dtype).reshape(1), one]).mul_(batch)
+        flat = self.parallel.sum_over_shards(flat)
+        return flat[:-2] / flat[-1], flat[-2] / flat[-1]
 
     # ------------------------------------------------------------------ engines
 
@@ -449,7 +454,9 @@ class Estimator:
                 loss = losses.mean()
         d = torch.cat(jvps, 0)
         if self.parallel is not None and self.parallel.grid.data_size > 1:
-            d, loss = self._jvps_over_shards(d, loss, x.shape[0])
+            # the whole batch's k JVPs and mean loss: k + 2 numbers on the wire
+            _refuse_batch_statistics(self.model, self.parallel.grid.mode)
+            d, loss = self._mean_over_shards(d, loss, x.shape[0])
         v_all = {n: torch.cat(tangents[n], 0).reshape(len(d), -1) for n in names}  # (k, numel)
         groups = [names] if self.scope == "global" else _by_module(names)
         for group in groups:
@@ -458,14 +465,6 @@ class Estimator:
             for n, piece in zip(group, flat.split(sizes)):
                 sink.add(params[n], piece.reshape(params[n].shape))
         return loss
-
-    def _jvps_over_shards(self, d: Tensor, loss: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-        """The whole batch's k JVPs and mean loss from every shard's: k + 2 numbers."""
-        _refuse_batch_statistics(self.model, self.parallel.grid.mode)
-        one = torch.ones(1, dtype=d.dtype, device=d.device)
-        flat = torch.cat([d, loss.to(d.dtype).reshape(1), one]) * batch
-        flat = self.parallel.sum_over_shards(flat)
-        return flat[:-2] / flat[-1], flat[-2] / flat[-1]
 
     def _backprop(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..core.state import untouched
 from ..data import Dataset
 from ..diagnostics import probe
+from ..distributed import is_leader
 from ..environment import environment
 from ..estimation import Estimator, cross_entropy_per_example
 from ..io import read_jsonl, write_json, write_jsonl
@@ -83,7 +84,7 @@ class Session:
     @property
     def writes(self) -> bool:
         """Whether this process keeps the run folder (the only one, or process 0)."""
-        return self.team is None or self.team.grid.rank == 0
+        return is_leader(self.team)
 
 
 def run_probe(run: Session, epoch: int) -> None:

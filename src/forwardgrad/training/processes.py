@@ -55,10 +55,6 @@ def joined(cfg: TrainConfig) -> Iterator[Collectives | None]:
             leave()
 
 
-def is_leader(team: Collectives | None) -> bool:
-    return team is None or team.grid.rank == 0
-
-
 def agree_on_config(team: Collectives, cfg: TrainConfig, resume: bool) -> None:
     """Every process must run the same config (the same command); name what differs."""
     mine = {"resume": resume, **cfg.to_dict()}

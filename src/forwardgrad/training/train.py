@@ -17,6 +17,7 @@ Ctrl-C) removes what it wrote; one that diverges keeps its ``summary.json`` sayi
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from .. import models
 from ..core.state import untouched
 from ..core.strategies import call_seed
 from ..data import Dataset, load_dataset
-from ..distributed import CollectiveFailed, Collectives, LaunchError
+from ..distributed import CollectiveFailed, Collectives, LaunchError, is_leader
 from ..environment import environment, torch_threads
 from ..estimation import Estimator
 from ..io import write_json
@@ -59,7 +60,6 @@ from .processes import (
     await_leader,
     check_identical,
     check_shards,
-    is_leader,
     joined,
     release_followers,
     stop_followers,
@@ -319,8 +319,6 @@ def _run_device(cfg: TrainConfig, team: Collectives | None) -> torch.device:
     """``cfg.device``; on CUDA with several processes, each process's own GPU."""
     device = torch.device(cfg.device)
     if team is not None and device.type == "cuda" and device.index is None:
-        import os
-
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
