@@ -484,9 +484,14 @@ def test_an_input_overwritten_in_place_is_refused():
         Estimator(InPlace(), "activation").step(torch.randn(2, 3), torch.zeros(2, dtype=torch.long))
 
 
-def test_structured_guesses_refuse_models_that_are_not_a_chain():
-    with pytest.raises(ModelNotSupportedError, match="guess 'wt' is built from the next layer"):
-        Estimator(Residual(), "wt")
+def test_next_layer_guesses_refuse_a_site_with_no_next_layer_naming_it():
+    x, y = torch.randn(4, 5), torch.randint(0, 4, (4,))
+    with pytest.raises(
+        ModelNotSupportedError,
+        match=r"guess 'wt' is built from the next layer.*site 'inp' has none: its output is "
+        r"used 2 times.*fallback='activation'",
+    ):
+        Estimator(Residual(), "wt").step(x, y)
 
 
 def test_unused_parameters_get_no_gradient_and_are_listed():

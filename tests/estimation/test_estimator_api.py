@@ -173,14 +173,20 @@ def test_unsupported_models(model, match):
 
 
 @pytest.mark.parametrize("guess", ["wt", "wperp", "preconditioned", "downstream", "mixing"])
-def test_next_layer_guesses_refuse_models_that_are_not_a_plain_chain(guess):
+def test_next_layer_guesses_refuse_a_site_that_does_not_reach_the_next_layer(guess):
     model = nn.Sequential(
         nn.Linear(3, 4), nn.LayerNorm(4, elementwise_affine=False), nn.ReLU(), nn.Linear(4, 2)
     )
-    with pytest.raises(ModelNotSupportedError, match="'1' \\(LayerNorm\\) is not a Linear"):
-        Estimator(model, guess)
+    x, y = torch.randn(2, 3), torch.zeros(2, dtype=torch.long)
+    reason = (
+        "is not consumed by one elementwise activation alone"
+        if guess == "mixing"
+        else r"reaches '1' \(LayerNorm\), which is neither a plain Linear/Conv layer"
+    )
+    with pytest.raises(ModelNotSupportedError, match=f"site '0' has none: its output {reason}"):
+        Estimator(model, guess).estimate(x, y)
     for ok in ("activation", "activation-masked", "weight"):
-        Estimator(model, ok).estimate(torch.randn(2, 3), torch.zeros(2, dtype=torch.long))
+        Estimator(model, ok).estimate(x, y)
 
 
 @pytest.mark.parametrize("aggregate", ["sum", "mean"])

@@ -25,6 +25,7 @@ from torch.func import jvp, vmap
 
 from .context import ForwardResult, LossFn, SiteCall, SiteContext, SiteTangentFn
 from .engine import Layout, LayoutCall
+from .next_layer import NextPath
 from .rules import LINEAR, Rule
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError
 
@@ -90,6 +91,17 @@ class SitePlan:
     def layout(self) -> Layout:
         """The site calls of a pass: one per site, each as wide as its layer's output."""
         return Layout([LayoutCall(s.name, s.name, (s.out_features,)) for s in self.sites])
+
+    @property
+    def paths(self) -> list[NextPath | None]:
+        """Each site's route to the next one (its followers, then the next Linear); None for
+        the last."""
+        if getattr(self, "_paths", None) is None:
+            paths: list[NextPath | None] = [None]
+            for site, nxt in zip(self.sites[-2::-1], self.sites[:0:-1]):
+                paths.insert(0, NextPath(list(site.followers), nxt.module, paths[0]))
+            self._paths = paths
+        return self._paths
 
     def next_site(self, index: int) -> ChainSite | None:
         return self.sites[index + 1] if index + 1 < len(self.sites) else None
@@ -273,6 +285,7 @@ def _site_forward(
         targets=targets,
         loss_fn=loss_fn,
         is_last=site.index == len(plan.sites) - 1,
+        path=plan.paths[site.index],
     )
     u = site_tangents(ctx)
     if u is not None and u.shape != (k, *s.shape):
@@ -375,6 +388,7 @@ class ChainEngine:
         self.plan = plan
         self.sites = plan.sites
         self.layout = plan.layout
+        self.paths = plan.paths
 
     def run(
         self,

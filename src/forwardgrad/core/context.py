@@ -35,6 +35,10 @@ class SiteContext:
         outputs: what follows the activation, ``phi(s)`` (``s`` itself when there is none).
         targets, loss_fn: the batch's targets and the per-example loss.
         is_last: True for the last site call of the pass.
+        path: how this call reaches the next linear layer (a
+            :class:`~forwardgrad.core.next_layer.NextPath`), the reason it does not (a string),
+            or None when its output is the model's output.
+        next_layer: ``path`` linearized at this batch (computed on first access), or None.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class SiteContext:
         targets: Tensor | None = None,
         loss_fn: LossFn | None = None,
         is_last: bool = False,
+        path: Any = None,
     ) -> None:
         self.site, self.index, self.preact = site, index, preact
         self.key = key if key is not None else site.name
@@ -58,6 +63,16 @@ class SiteContext:
         self._act_grad = act_grad
         self._outputs = outputs
         self.targets, self.loss_fn, self.is_last = targets, loss_fn, is_last
+        self.path = path
+        self._next_layer: Any = None
+
+    @property
+    def next_layer(self) -> Any:
+        if self._next_layer is None and self.path is not None and not isinstance(self.path, str):
+            known = self._outputs is not None  # the chain engine has phi(s) and phi'(s)
+            mask = self.act_grad if known else None
+            self._next_layer = self.path.at(self.preact, mask, self._outputs)
+        return self._next_layer
 
     @property
     def act_grad(self) -> Tensor | None:

@@ -161,11 +161,15 @@ class GeneralEngine:
         layout: the site calls of one pass, as traced.
     """
 
-    def __init__(self, model: nn.Module, sites: list[Site], layout: Layout) -> None:
+    def __init__(
+        self, model: nn.Module, sites: list[Site], layout: Layout, paths: list | None = None
+    ) -> None:
         self.model = model
         self.sites = sites
         self.layout = layout
-        self.plan = None  # structured guesses need the Linear chain; this engine has none
+        self.plan = None  # the fused Linear chain's; this engine has none
+        # per site call: its NextPath to the next linear layer, why it has none, or None
+        self.paths = paths if paths is not None else ["the model was not traced"] * len(layout)
         self._site_of = {id(s.module): s for s in sites}
         self._suspended = 0
 
@@ -229,6 +233,7 @@ class GeneralEngine:
             targets=state["targets"],
             loss_fn=state["loss_fn"],
             is_last=index == len(self.layout) - 1,
+            path=self.paths[index] if index < len(self.paths) else None,
         )
         fn: SiteTangentFn | None = state["site_tangents"]
         u = fn(ctx) if fn is not None else None
@@ -399,6 +404,7 @@ class FunctionalEngine:
         self.sites: list[Site] = []
         self.layout = Layout([])
         self.plan = None
+        self.paths: list = []
 
     def weight_jvps(self, params, tangents, x, targets, loss_fn) -> tuple[Tensor, Tensor]:
         return weight_jvps(self.model, params, tangents, x, targets, loss_fn)

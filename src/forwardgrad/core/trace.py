@@ -35,6 +35,7 @@ from torch.utils._pytree import tree_flatten
 
 from .context import LossFn, SiteContext
 from .engine import GeneralEngine, Layout, LayoutCall, forward_mode_kernels
+from .next_layer import NextPath, is_linear_map, is_pass_through, is_transparent
 from .rules import activity_leaves, rule_for
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError, Site
 from .state import untouched
@@ -49,10 +50,19 @@ class Trace:
     sites: list[Site]
     layout: Layout
     unused: list[str] = field(default_factory=list)  # trainable parameters the pass never used
+    # per layout call: how it reaches the next linear layer, why it does not (a string), or
+    # None when its output is the model's output
+    paths: list[NextPath | str | None] = field(default_factory=list)
 
 
 def _in_parametrization(name: str) -> bool:
     return ".parametrizations." in f".{name}."
+
+
+# Calls that read a tensor's metadata, not its values: they consume nothing.
+_INTROSPECTION = frozenset(
+    {"__get__", "dim", "size", "numel", "is_floating_point", "is_complex", "stride", "__len__"}
+)
 
 
 class _Recorder(TorchFunctionMode):
@@ -63,8 +73,12 @@ class _Recorder(TorchFunctionMode):
         self.params, self.stack, self.consumed = params, stack, consumed
         self.uses: list[tuple[str, tuple[str, ...]]] = []
 
+    paused = False
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         top = self.stack[-1] if self.stack else None
         for t in leaves:
@@ -77,7 +91,9 @@ class _Recorder(TorchFunctionMode):
             # A function call inside a module that itself received the tensor is that module's
             # business (ReLU calling F.relu); anything else consumes it directly.
             if entry is not None and (top is None or id(t) not in top[1]):
-                entry["consumers"].append(("function", getattr(func, "__name__", str(func))))
+                name = getattr(func, "__name__", str(func))
+                if name not in _INTROSPECTION:
+                    entry["consumers"].append(("function", name, 0))
         return func(*args, **kwargs)
 
 
@@ -104,14 +120,18 @@ def trace_sites(
     calls: list[tuple[str, list[torch.Size], int]] = []  # (module, activity shapes, output id)
     keep: list[Tensor] = []  # outputs stay alive, so their ids stay unique during the pass
 
+    entered: dict[str, int] = {}
+
     def pre(module: nn.Module, args: tuple) -> None:
         name = names.get(id(module))
         if name is None:
             return None
         ids = {id(t) for t in tree_flatten(args)[0] if isinstance(t, Tensor)}
+        n = entered.get(name, 0)
+        entered[name] = n + 1
         for i in ids:
             if i in consumed:
-                consumed[i]["consumers"].append(("module", name))
+                consumed[i]["consumers"].append(("module", name, n))
         stack.append((name, ids))
         return None
 
@@ -120,9 +140,15 @@ def trace_sites(
         if name is None:
             return None
         stack.pop()
-        leaves = activity_leaves(output)
+        recorder.paused = True  # this hook's own reads of the output are no consumers
+        try:
+            leaves = activity_leaves(output)
+        finally:
+            recorder.paused = False
         calls.append((name, [t.shape for t in leaves], id(leaves[0]) if leaves else 0))
-        if len(leaves) == 1 and name:
+        if len(leaves) == 1 and name and id(leaves[0]) not in consumed:
+            # A container returning its last child's output (or a module returning its input)
+            # keeps the innermost producer: consumers of the outer call consume the same tensor.
             consumed[id(leaves[0])] = {"consumers": [], "call": len(calls) - 1}
             keep.append(leaves[0])
         return None
@@ -166,16 +192,19 @@ def _build_trace(model, chosen, uses, calls, consumed, by_name) -> Trace:
     site_names = {s.name for s in sites}
     layout_calls: list[LayoutCall] = []
     counts: dict[str, int] = {}
-    for name, shapes, _ in calls:
+    path_of = _PathFinder(calls, consumed, modules)
+    paths: list[NextPath | str | None] = []
+    for j, (name, shapes, _) in enumerate(calls):
         if name not in site_names:
             continue
+        paths.append(path_of(j))
         n = counts.get(name, 0)
         counts[name] = n + 1
         per_example = _per_example_shape(name, shapes)
         layout_calls.append(LayoutCall(name, name if n == 0 else f"{name}#{n}", per_example))
     used = {p for p, _ in uses}
     unused = [n for n, p in model.named_parameters() if p.requires_grad and n not in used]
-    return Trace(sites=sites, layout=Layout(layout_calls), unused=unused)
+    return Trace(sites=sites, layout=Layout(layout_calls), unused=unused, paths=paths)
 
 
 def _per_example_shape(name: str, shapes: list[torch.Size]) -> tuple[int, ...]:
@@ -193,9 +222,10 @@ def _mask_module(name, calls, consumed, modules) -> nn.Module | None:
         if call_name != name:
             continue
         entry = consumed.get(out_id)
-        if entry is None or entry["call"] != i or len(entry["consumers"]) != 1:
+        consumers = None if entry is None else direct_consumers(entry, modules)
+        if entry is None or entry["call"] != i or len(consumers) != 1:
             return None
-        kind, consumer = entry["consumers"][0]
+        kind, consumer, _ = consumers[0]
         module = modules.get(consumer) if kind == "module" else None
         if (
             module is None
@@ -207,6 +237,82 @@ def _mask_module(name, calls, consumed, modules) -> nn.Module | None:
             return None
         found = module
     return found
+
+
+def direct_consumers(entry: dict, modules: dict) -> list[tuple[str, str, int]]:
+    """Who uses a module's output, leaving out ``nn.Sequential`` containers (they only pass
+    it on to their children, who are consumers of their own)."""
+    return [
+        c
+        for c in entry["consumers"]
+        if not (c[0] == "module" and type(modules.get(c[1])) is nn.Sequential)
+    ]
+
+
+class _PathFinder:
+    """The :class:`NextPath` of a traced call (by index into the pass's calls), memoised."""
+
+    def __init__(self, calls: list, consumed: dict, modules: dict) -> None:
+        self.calls, self.consumed, self.modules = calls, consumed, modules
+        self.call_of: dict[tuple[str, int], int] = {}
+        counts: dict[str, int] = {}
+        for j, (name, _, _) in enumerate(calls):
+            n = counts.get(name, 0)
+            counts[name] = n + 1
+            self.call_of[(name, n)] = j
+        self.memo: dict[int, NextPath | str | None] = {}
+
+    def __call__(self, j: int) -> NextPath | str | None:
+        if j not in self.memo:
+            self.memo[j] = self._walk(j)
+        return self.memo[j]
+
+    def _entry(self, j: int) -> dict | None:
+        entry = self.consumed.get(self.calls[j][2])
+        return entry if entry is not None and entry["call"] == j else None
+
+    def _walk(self, j: int) -> NextPath | str | None:
+        """Follow call j's output through pass-through modules to a linear layer."""
+        entry = self._entry(j)
+        if entry is None:
+            return "its output is not one tensor first made by it"
+        between: list[nn.Module] = []
+        label = "its output"
+        while True:
+            consumers = direct_consumers(entry, self.modules)
+            same = [c for c in consumers if c[0] == "module" and self._returns_input(c, entry)]
+            changed = [c for c in same if not is_transparent(self.modules[c[1]])]
+            if changed:
+                return f"{label} is modified in place by {changed[0][1]!r} (inplace=True)"
+            consumers = [c for c in consumers if c not in same]
+            if not consumers:
+                return None if not between else f"{label} is the model's output"
+            if len(consumers) > 1:
+                names = [c[1] for c in consumers][:4]
+                return f"{label} is used {len(consumers)} times ({names}), not by one module"
+            kind, name, n = consumers[0]
+            if kind == "function":
+                return (
+                    f"{label} goes to {name}() in a module's forward (a residual add, a "
+                    "reshape, attention), not to a module"
+                )
+            module, c = self.modules[name], self.call_of[(name, n)]
+            if is_linear_map(module):
+                return NextPath(between, module, self(c))
+            if not is_pass_through(module):
+                return (
+                    f"{label} reaches {name!r} ({type(module).__name__}), which is neither a "
+                    "plain Linear/Conv layer nor an elementwise activation, max pool or Flatten"
+                )
+            between.append(module)
+            entry = self._entry(c)
+            if entry is None:
+                return f"the output of {name!r} is not one tensor"
+            label = f"the output of {name!r}"
+
+    def _returns_input(self, consumer: tuple[str, str, int], entry: dict) -> bool:
+        c = self.call_of.get((consumer[1], consumer[2]))
+        return c is not None and self.consumed.get(self.calls[c][2]) is entry
 
 
 # ------------------------------------------------------------------------------ coupling

@@ -158,7 +158,8 @@ class Estimator:
         self.plan: SitePlan | None = None
         self.chain_reason: str | None = None
         self._read_chain()
-        self.guess.bind(self)
+        if self.plan is not None:  # a plain MLP: its structure is known before any batch
+            self.guess.bind(ChainEngine(self.plan))
         device = _parameter_device(model)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -341,9 +342,10 @@ class Estimator:
 
     def _build_engine(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
         self._read_chain()
-        self.guess.bind(self)  # the structure may have changed since the last batch
         if self.plan is not None:
-            return ChainEngine(self.plan)
+            engine = ChainEngine(self.plan)
+            self.guess.bind(engine)  # the structure may have changed since the last batch
+            return engine
         if self.guess.space == "weight":
             return FunctionalEngine(self.model)
         device = _parameter_device(self.model)
@@ -353,7 +355,8 @@ class Estimator:
                 f"{type(self.model).__name__} has no trainable parameter used in its forward"
             )
         self.unused_parameters = trace.unused
-        engine = GeneralEngine(self.model, trace.sites, trace.layout)
+        engine = GeneralEngine(self.model, trace.sites, trace.layout, trace.paths)
+        self.guess.bind(engine)
         if self.jvp_mode != "batch":
             check_batch_coupling(engine, x, targets, loss_fn, device)
         return engine

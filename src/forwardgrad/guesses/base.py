@@ -23,6 +23,8 @@ from ..core.samplers import SAMPLERS, sample_tangents
 from ..core.sites import ModelNotSupportedError
 from .options import GuessOptions
 
+FALLBACKS = ("none", "activation")
+
 
 class Guess:
     """Base class. Subclasses set ``name``, ``space`` and implement the tangent methods."""
@@ -33,7 +35,8 @@ class Guess:
     option_names: tuple[str, ...] = ()  # the GuessOptions fields this guess reads
     space: str = "activity"  # "activity" | "weight"
     isotropic: bool = False  # uses the tangent samplers
-    needs_next_layer: bool = False
+    needs_next_layer: bool = False  # W~ at every site call but the last
+    needs_mask: bool = False  # phi'(s) at every site call but the last
 
     def __init__(self, options: GuessOptions | None = None) -> None:
         self.options = options or GuessOptions()
@@ -42,22 +45,58 @@ class Guess:
                 f"guess {self.name!r} draws its own structured tangents; samplers and "
                 "normalize apply only to isotropic guesses (weight, activation, activation-masked)"
             )
+        if self.options.fallback not in FALLBACKS:
+            raise ValueError(
+                f"unknown fallback {self.options.fallback!r}; choose one of {list(FALLBACKS)}"
+            )
+        self.fallback_sites: list[str] = []
 
-    def bind(self, estimator) -> None:
-        """Check that the model has what this guess needs; raise a clear error otherwise.
+    @property
+    def structured(self) -> bool:
+        return self.space == "activity" and (self.needs_next_layer or self.needs_mask)
 
-        ``estimator.plan`` is the model's chain of Linear sites (None when the model is not a
-        plain chain, with the reason in ``estimator.chain_reason``)."""
-        if self.needs_next_layer:
-            if estimator.plan is None:
-                raise ModelNotSupportedError(
-                    f"guess {self.name!r} is built from the next layer's Jacobian and needs a "
-                    "plain nn.Sequential of nn.Linear layers and elementwise activations (no "
-                    f"hooks, parametrizations or shared layers); here {estimator.chain_reason}. "
-                    "The isotropic guesses (weight, activation, activation-masked) work on any "
-                    "model"
-                )
-            estimator.plan.require_next_layer(self.name)
+    def bind(self, engine) -> None:
+        """Check that every site call but the last has what this guess needs (once per
+        engine); raise naming the calls that do not, or, with ``fallback='activation'``, note
+        them in ``fallback_sites`` (they get isotropic tangents)."""
+        self.fallback_sites = []
+        if not self.structured or not engine.layout.keys:
+            return
+        sites = {s.name: s for s in engine.sites}
+        problems = []
+        for i, call in enumerate(engine.layout.calls[:-1]):
+            why = self.site_problem(engine.paths[i], sites.get(call.site), engine)
+            if why is not None:
+                problems.append((call.key, why))
+        if not problems:
+            return
+        if self.options.fallback == "activation":
+            self.fallback_sites = [key for key, _ in problems]
+            return
+        key, why = problems[0]
+        more = f" (and {len(problems) - 1} more: {[k for k, _ in problems[1:4]]})"
+        raise ModelNotSupportedError(
+            f"guess {self.name!r} {self.builds_from} at every site but the last; site "
+            f"{key!r} has none: {why}{more if len(problems) > 1 else ''}. At such sites only "
+            "the isotropic guesses work (activation, activation-masked, weight; backprop); "
+            f"fallback='activation' (--fallback activation) keeps {self.name!r} elsewhere and "
+            "uses activation perturbation there"
+        )
+
+    builds_from = "is built from the next layer's Jacobian W~ = W_{i+1} M_i, needed"
+
+    def site_problem(self, path, site, engine) -> str | None:
+        """Why a site call (its path, its site) cannot have this guess's tangents, or None."""
+        if self.needs_next_layer and (path is None or isinstance(path, str)):
+            return path or "its output is the model's output"
+        if self.needs_mask and engine.plan is None and getattr(site, "mask_module", None) is None:
+            return "its output is not consumed by one elementwise activation alone"
+        return None
+
+    def falls_back(self, ctx: SiteContext) -> bool:
+        """True where this guess hands the site isotropic tangents: the last site call (no
+        next layer) and the calls noted in ``fallback_sites``."""
+        return ctx.is_last or ctx.key in self.fallback_sites
 
     def begin_step(self, layout, batch_size: int, k: int, generator: torch.Generator) -> None:
         """Called once per engine pass, before any site (isotropic guesses draw here)."""

@@ -13,24 +13,8 @@ from torch import Tensor
 from torch.func import grad, vjp, vmap
 
 from ..core.context import SiteContext
+from ..core.sites import ModelNotSupportedError
 from .base import Guess, isotropic_site_tangents
-
-
-def _downstream_fn(ctx: SiteContext, layers: int):
-    """The map s_i -> x_{i+l+1} (detached weights), ending at the network's output if shorter."""
-    sites = ctx.plan.sites[ctx.index : ctx.index + layers + 1]
-
-    def f(s: Tensor) -> Tensor:
-        h = s
-        for j, site in enumerate(sites):
-            if j > 0:
-                b = site.bias.detach() if site.bias is not None else None
-                h = torch.nn.functional.linear(h, site.weight.detach(), b)
-            for m in site.followers:
-                h = m(h)
-        return h
-
-    return f
 
 
 class Downstream(Guess):
@@ -54,10 +38,23 @@ class Downstream(Guess):
     def _last_site(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         return isotropic_site_tangents(ctx, k, generator)
 
+    builds_from = "is a VJP through the next layers, needed"
+
+    def site_problem(self, path, site, engine) -> str | None:
+        why = super().site_problem(path, site, engine)
+        if why is None:
+            try:
+                path.layers(self.options.layers)
+            except ValueError as e:
+                why = str(e)
+        return why
+
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         if ctx.is_last:
             return self._last_site(ctx, k, generator)
-        out, pullback = vjp(_downstream_fn(ctx, self.options.layers), ctx.preact)
+        if self.falls_back(ctx):
+            return isotropic_site_tangents(ctx, k, generator)
+        out, pullback = vjp(ctx.path.downstream(self.options.layers), ctx.preact)
         eps = self._noise((k, *out.shape), generator, out.dtype)
         (u,) = vmap(pullback)(eps)
         return u
@@ -81,7 +78,24 @@ class SelfSharpening(Downstream):
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator, dtype) -> Tensor:
         return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype)
 
+    def bind(self, engine) -> None:
+        super().bind(engine)
+        last = engine.paths[-1] if engine.paths else None
+        if last is None or not engine.layout.keys:
+            return
+        key = engine.layout.keys[-1]
+        if self.options.fallback != "activation":
+            raise ModelNotSupportedError(
+                f"self-sharpening's last-site tangent is the true local error dl/dz of the "
+                f"model's output z, so the last site must produce the output; site {key!r} "
+                f"does not: {last}. fallback='activation' (--fallback activation) gives it "
+                "isotropic tangents instead"
+            )
+        self.fallback_sites.append(key)
+
     def _last_site(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.key in self.fallback_sites:
+            return isotropic_site_tangents(ctx, k, generator)
         if ctx.targets is None or ctx.loss_fn is None:
             raise ValueError("self-sharpening needs the targets and the loss at the last site")
         loss_fn, targets = ctx.loss_fn, ctx.targets

@@ -12,10 +12,14 @@ from torch import Tensor
 
 from ..core.context import SiteContext
 from .base import Guess, isotropic_site_tangents
+from ..core.sites import ModelNotSupportedError
 from .subspace import (
+    exact_jacobian_subspace,
     active_units,
     compact_masked_jacobian,
+    jacobian_subspace,
     masked_jacobian,
+    operator_subspace,
     randomized_subspace,
     svd_subspace,
 )
@@ -24,17 +28,15 @@ SOLVERS = ("svd", "randomized", "newton-schulz")
 GRAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def _next_weight(ctx: SiteContext) -> Tensor:
-    nxt = ctx.plan.next_site(ctx.index)
-    assert nxt is not None
-    return nxt.weight.detach()
+def _noise(ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
+    """``eps ~ N(0, I)`` shaped like the next layer's output, flat per example: (k, B, m)."""
+    nl = ctx.next_layer
+    return nl.noise(k, generator, ctx.preact.dtype).reshape(k, ctx.batch_size, nl.out_features)
 
 
-def _next_layer_noise(ctx: SiteContext, w: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """``eps ~ N(0, I)`` in the next layer's output space per tangent and example: (k, B, d)."""
-    return torch.randn(
-        k, ctx.batch_size, w.shape[0], generator=generator, device=generator.device, dtype=w.dtype
-    )
+def _in_activity(ctx: SiteContext, u: Tensor) -> Tensor:
+    """Flat tangents (k, B, n) back in the site's activity shape."""
+    return u.reshape(u.shape[0], *ctx.preact.shape)
 
 
 class WTranspose(Guess):
@@ -47,11 +49,10 @@ class WTranspose(Guess):
     needs_next_layer = True
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        if ctx.is_last:
+        if self.falls_back(ctx):
             return isotropic_site_tangents(ctx, k, generator)
-        w = _next_weight(ctx)
-        eps = _next_layer_noise(ctx, w, k, generator)
-        return (eps @ w) * ctx.act_grad
+        nl = ctx.next_layer  # conv sites: the next convolution's transpose, no dense matrix
+        return nl.adjoint(nl.noise(k, generator, ctx.preact.dtype))
 
 
 class WPerp(Guess):
@@ -100,39 +101,72 @@ class WPerp(Guess):
         self._sigma_ratio: dict[int, float] = {}
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        if ctx.is_last:
+        if self.falls_back(ctx):
             return isotropic_site_tangents(ctx, k, generator)
         o = self.options
-        w = _next_weight(ctx)
-        mask = ctx.act_grad
+        nl = ctx.next_layer
         if o.solver == "newton-schulz":
-            return self._newton_schulz(ctx, w, mask, k, generator)
-        if o.solver == "svd":
-            basis, keep = svd_subspace(w, mask, o.rank, bottom=o.bottom, ordered=False)
-        else:
+            return _in_activity(ctx, self._newton_schulz(ctx, k, generator))
+        basis, keep = self._subspace(ctx, generator)
+        z = torch.randn(
+            k, *basis.shape[::2], generator=generator, device=generator.device, dtype=nl.dtype
+        )  # (k, B, r)
+        if keep is not None:
+            z = z * keep
+        return _in_activity(ctx, torch.einsum("bdr,kbr->kbd", basis, z))
+
+    def _subspace(self, ctx: SiteContext, generator: torch.Generator):
+        """Each example's basis (B, n, r) and keep weights (B, r) or None."""
+        o = self.options
+        nl = ctx.next_layer
+        if nl.weight is not None:  # a dense Linear next layer: W~_b = W diag(m_b)
+            if o.solver == "svd":
+                return svd_subspace(nl.weight, nl.mask, o.rank, bottom=o.bottom, ordered=False)
             basis, _ = randomized_subspace(
-                w,
-                mask,
+                nl.weight,
+                nl.mask,
                 o.rank,
                 generator,
                 o.oversample,
                 o.power_iterations,
                 GRAM_DTYPES[o.gram_dtype],
             )
-            keep = None
-        z = torch.randn(
-            k, *basis.shape[::2], generator=generator, device=generator.device, dtype=w.dtype
-        )  # (k, B, r)
-        if keep is not None:
-            z = z * keep
-        return torch.einsum("bdr,kbr->kbd", basis, z)
+            return basis, None
+        if o.solver == "svd":
+            return jacobian_subspace(nl.dense(self._what(ctx)), o.rank, o.bottom)
+        return self._operator_subspace(ctx, o.rank, generator)[0], None
 
-    def _newton_schulz(
-        self, ctx, w: Tensor, mask: Tensor, k: int, generator: torch.Generator
-    ) -> Tensor:
+    def _what(self, ctx: SiteContext) -> str:
+        return f"wperp solver {self.options.solver!r} at site {ctx.key!r}"
+
+    def _operator_subspace(self, ctx: SiteContext, rank: int, generator: torch.Generator):
+        o = self.options
+        nl = ctx.next_layer
+        if o.gram_dtype != "float32":
+            raise ModelNotSupportedError(
+                f"wperp gram_dtype {o.gram_dtype!r} applies to dense Linear next layers; site "
+                f"{ctx.key!r} reaches a {type(nl.path.target).__name__} (matrix-free, in the "
+                "model's dtype): use gram_dtype='float32'"
+            )
+        if min(nl.in_features, nl.out_features) <= rank + o.oversample:
+            # the block would span the space or exceed the rank: solve exactly
+            basis, svals = exact_jacobian_subspace(nl.dense(self._what(ctx)))
+            return basis[..., :rank], svals[..., :rank]
+        return operator_subspace(
+            nl.gram_rows,
+            (nl.batch_size, nl.in_features),
+            rank,
+            generator,
+            nl.dtype,
+            o.oversample,
+            o.power_iterations,
+        )
+
+    def _newton_schulz(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
         from . import newton_schulz  # loads the coefficient table on first use
 
         o = self.options
+        nl = ctx.next_layer
         i = ctx.index
         calls = self._calls.get(i, 0)
         # sigma_1 from a Rayleigh-Ritz block (k + oversample vectors): single-vector power
@@ -140,21 +174,33 @@ class WPerp(Guess):
         # fitted domain [0, 1.1], where they are unbounded. sigma_k / sigma_1 changes slowly,
         # so it is refreshed only every ns_refresh steps (the paper: 50), from the same solve.
         refresh = i not in self._sigma_ratio or calls % o.ns_refresh == 0
-        _, svals = randomized_subspace(
-            w,
-            mask,
-            o.rank if refresh else 1,
-            generator,
-            o.oversample,
-            o.power_iterations,
-            GRAM_DTYPES[o.gram_dtype],
-        )
+        rank = o.rank if refresh else 1
+        if nl.weight is not None:
+            _, svals = randomized_subspace(
+                nl.weight,
+                nl.mask,
+                rank,
+                generator,
+                o.oversample,
+                o.power_iterations,
+                GRAM_DTYPES[o.gram_dtype],
+            )
+        else:
+            _, svals = self._operator_subspace(ctx, rank, generator)
         norm = svals[:, 0].clamp_min(1e-30)
         if refresh:
             self._sigma_ratio[i] = float((svals[:, -1] / norm).median())
         self._calls[i] = calls + 1
         _, coeffs = newton_schulz.coefficients_keeping(self._sigma_ratio[i])
-        eps = _next_layer_noise(ctx, w, k, generator)
+        eps = _noise(ctx, k, generator)
+        if nl.weight is None:  # conv / token-wise: the polynomial needs W~ densely
+            poly = newton_schulz.matrix_polynomial(
+                nl.dense(self._what(ctx)) / norm.view(-1, 1, 1),
+                coeffs,
+                newton_schulz.DEFAULT_ITERATIONS,
+            )
+            return torch.einsum("kbe,bea->kba", eps, poly)
+        w, mask = nl.weight, nl.mask
         d1 = w.shape[1]
         idx = active_units(mask)
         # Inactive units are zero columns of W~, which the odd polynomial keeps at zero: where
@@ -215,13 +261,13 @@ class Preconditioned(Guess):
             raise ValueError(f"preconditioned sigma must be > 0; got {self.options.sigma}")
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        if ctx.is_last:
+        if self.falls_back(ctx):
             return isotropic_site_tangents(ctx, k, generator)
-        w = _next_weight(ctx)
-        d2, d1 = w.shape
-        if d2 >= d1:
+        nl = ctx.next_layer
+        if nl.out_features >= nl.in_features:
             return isotropic_site_tangents(ctx, k, generator)
-        u_left, _, vh = torch.linalg.svd(masked_jacobian(w, ctx.act_grad), full_matrices=False)
-        eps = _next_layer_noise(ctx, w, k, generator)
+        jac = nl.dense(f"preconditioned at site {ctx.key!r}")
+        u_left, _, vh = torch.linalg.svd(jac, full_matrices=False)
+        eps = _noise(ctx, k, generator)
         coords = torch.einsum("ber,kbe->kbr", u_left, eps)  # U_r^T eps
-        return torch.einsum("brd,kbr->kbd", vh, coords)  # V_r U_r^T eps
+        return _in_activity(ctx, torch.einsum("brd,kbr->kbd", vh, coords))  # V_r U_r^T eps

@@ -24,21 +24,23 @@ class ActivationMixing(Guess):
     )
     paper = "Singhal et al. 2023"
     option_names: tuple[str, ...] = ()
-    needs_next_layer = True  # needs M_i, which only elementwise followers give
+    needs_mask = True  # M_i, which only an elementwise activation consuming s_i gives
+    builds_from = "needs the mask M_i = phi'(s_i) of an elementwise activation consuming s_i"
 
     def whole_batch_dependence(self) -> str | None:
         return "its tangents mix the activations of the whole batch (a shard would mix its own)"
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
-        if ctx.is_last:
+        if self.falls_back(ctx):
             return isotropic_site_tangents(ctx, k, generator)
         b = ctx.batch_size
         alpha = torch.randn(
             k, b, b, generator=generator, device=generator.device, dtype=ctx.preact.dtype
         )
-        mask = (ctx.act_grad != 0).to(ctx.preact.dtype)
-        u = torch.matmul(alpha, ctx.outputs) * mask  # (k, B, d)
+        # conv and token-wise sites mix whole activities, one vector (B, n) per example
+        mask = (ctx.act_grad != 0).to(ctx.preact.dtype).reshape(b, -1)
+        u = torch.matmul(alpha, ctx.outputs.reshape(b, -1)) * mask  # (k, B, n)
         active = mask.sum(-1).unsqueeze(0)  # (1, B)
         norm = u.norm(dim=-1)
         scale = torch.where(norm > 0, active.sqrt() / norm.clamp_min(1e-30), torch.zeros_like(norm))
-        return u * scale.unsqueeze(-1)
+        return (u * scale.unsqueeze(-1)).view(k, *ctx.preact.shape)

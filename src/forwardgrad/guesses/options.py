@@ -41,6 +41,12 @@ class GuessOptions:
         1e-5, "estimator", "preconditioned: regulariser sigma > 0", rule=positive()
     )
     layers: int = option(1, "estimator", "downstream: number of downstream layers", minimum=1)
+    fallback: str = option(
+        "none",
+        "estimator",
+        "next-layer guesses: at sites that do not reach a next linear layer, {choices} "
+        "('activation': isotropic tangents there, listed in the run's summary)",
+    )
     sampler: str = option("normal", "estimator", "isotropic guesses: tangent sampler, {choices}")
     normalize: bool = option(
         False, "estimator", "isotropic guesses: unit-norm tangents (true/false)"

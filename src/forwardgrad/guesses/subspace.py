@@ -1,5 +1,9 @@
 """Per-example right singular subspaces of the upstream Jacobian ``W~_b = W_{i+1} diag(m_b)``.
 
+(For conv and token-wise next layers, where ``W~_b`` is a linear operator and not a dense
+matrix, :func:`operator_subspace` works from its Gram apply alone, and
+:func:`exact_jacobian_subspace` is the dense reference for small layers.)
+
 W~⊥ needs only the span of the top-k right singular vectors of W~_b (``V_k U_k^T eps`` and
 ``V_k z`` have the same distribution), i.e. the top-k eigenvectors of the masked Gram matrix
 ``diag(m_b) W^T W diag(m_b)``. Two ways to get them:
@@ -363,4 +367,67 @@ def randomized_subspace(
     for _ in range(iterations):
         z = _orthonormal_rows(apply(z))
     rows, svals = _nystrom_top(z, apply(z), min(k, p, d2))
+    return rows.transpose(-1, -2), svals
+
+
+def exact_jacobian_subspace(jac: Tensor) -> tuple[Tensor, Tensor]:
+    """All right singular vectors and values of every dense ``W~_b`` (B, m, n), descending:
+    the float64 eigendecomposition of ``W~_b^T W~_b``. Returns ``basis (B, n, r)`` and
+    ``svals (B, r)``, ``r = min(m, n)``."""
+    m, n = jac.shape[-2:]
+    j64 = jac.double()
+    evals, evecs = torch.linalg.eigh(j64.transpose(-1, -2) @ j64)
+    r = min(m, n)
+    basis = evecs[..., -r:].flip(-1).to(jac.dtype)
+    return basis, evals[..., -r:].flip(-1).clamp_min(0).sqrt().to(jac.dtype)
+
+
+def jacobian_subspace(
+    jac: Tensor, k: int | None, bottom: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Exact top-k (or bottom-k) right singular subspace of every dense ``W~_b`` (B, m, n),
+    as :func:`svd_subspace` returns it: ``basis (B, n, kk)`` and weights ``(B, kk)`` (with
+    ``k`` None, every direction of the reduced SVD, weighted 1 above the float32 rank
+    tolerance and 0 below)."""
+    m, n = jac.shape[-2:]
+    basis, svals = exact_jacobian_subspace(jac)
+    if k is None:
+        return basis, _numerical_keep(svals, m, n).to(jac.dtype)
+    r = basis.shape[-1]
+    kk = min(k, r)
+    sel = basis[..., r - kk :] if bottom else basis[..., :kk]
+    return sel, torch.ones(sel.shape[0], kk, dtype=jac.dtype, device=jac.device)
+
+
+# Subspace iterations from the Gaussian start block of the matrix-free solver: without the
+# dense solver's shared Gram matrix there is no cheap start near the top directions, so the
+# block is first pulled towards them by applies of each example's own operator.
+OPERATOR_START_ITERATIONS = 2
+
+
+def operator_subspace(
+    gram_rows: Callable[[Tensor], Tensor],
+    size: tuple[int, int],
+    k: int,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    oversample: int = 6,
+    iterations: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Top-k right singular subspace of every ``W~_b`` known only as an operator (matrix-free).
+
+    ``gram_rows(z)`` applies ``A_b = W~_b^T W~_b`` to blocks of vectors as rows ``(B, p, n)``;
+    ``size`` is ``(B, n)``. A Gaussian block of ``p = k + oversample`` vectors per example
+    takes :data:`OPERATOR_START_ITERATIONS` + ``iterations`` subspace iterations (one apply and
+    an orthonormalisation each), then one more apply gives the Nystrom approximation whose top
+    k are returned, as in :func:`randomized_subspace`. Returns ``basis (B, n, k)`` and the
+    estimated singular values ``(B, k)`` (descending).
+    """
+    b, n = size
+    p = min(k + oversample, n)
+    z = torch.randn(b, p, n, generator=generator, device=generator.device, dtype=dtype)
+    z = _orthonormal_rows(z)
+    for _ in range(OPERATOR_START_ITERATIONS + iterations):
+        z = _orthonormal_rows(gram_rows(z))
+    rows, svals = _nystrom_top(z, gram_rows(z), min(k, p))
     return rows.transpose(-1, -2), svals

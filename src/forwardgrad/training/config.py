@@ -297,6 +297,7 @@ def choices() -> dict[str, list[str]]:
     from ..distributed import PARALLEL_MODES
     from ..estimation.estimator import SCOPES
     from ..guesses import GUESSES
+    from ..guesses.base import FALLBACKS
     from ..guesses.jacobian import GRAM_DTYPES, SOLVERS
     from ..models import MODELS
     from ..models.resnet import NORMS, STEMS
@@ -313,6 +314,7 @@ def choices() -> dict[str, list[str]]:
         "jvp": list(JVP_MODES),
         "solver": list(SOLVERS),
         "gram_dtype": list(GRAM_DTYPES),
+        "fallback": list(FALLBACKS),
         "optimizer": list(OPTIMIZERS),
         "sampler": list(SAMPLERS),
         "parallel": list(PARALLEL_MODES),
