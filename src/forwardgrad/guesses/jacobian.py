@@ -11,12 +11,12 @@ import torch
 from torch import Tensor
 
 from ..core.context import SiteContext
-from .base import Guess, isotropic_site_tangents
 from ..core.sites import ModelNotSupportedError
+from .base import Guess, isotropic_site_tangents
 from .subspace import (
-    exact_jacobian_subspace,
     active_units,
     compact_masked_jacobian,
+    exact_jacobian_subspace,
     jacobian_subspace,
     masked_jacobian,
     operator_subspace,
