@@ -157,3 +157,20 @@ def test_models_preset_and_the_frog_style_peer_on_tiny_models():
     frog_loop_step(model, x, y, ce, k=1000)()  # activity dimension per example: 4 + 3
     for p, g in zip(model.parameters(), expected):
         assert torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), 0) > 0.95
+
+
+def test_conv_preset_times_next_layer_guesses_on_a_conv_net():
+    from forwardgrad.bench import conv_preset
+
+    (scenario,) = conv_preset().scenarios
+    assert scenario.model == "cnn" and scenario.input_shape == (1, 28, 28)
+    assert [m.guess for m in scenario.all_methods()] == ["backprop", "activation", "wt", "wperp"]
+    tiny = Scenario(
+        "tiny-cnn",
+        batch=4,
+        model="cnn",
+        input_shape=(1, 8, 8),
+        methods=scenario.methods,
+    )
+    out = run_bench(Preset([tiny]), repeats=1, warmup=0, memory=False)
+    assert set(out["scenarios"][0]["methods"]) == {"backprop", *[m.label for m in tiny.methods]}

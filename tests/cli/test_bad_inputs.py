@@ -325,7 +325,7 @@ CASES = [
     Case(
         "options-the-guess-ignores",
         ["train", *TINY, "--guess", "wt", "--rank", "3", "--solver", "svd", *RUN],
-        ["rank = 3, solver = 'svd' would be ignored", "guess 'wt' reads none"],
+        ["rank = 3, solver = 'svd' would be ignored", "guess 'wt' reads only fallback, not rank"],
         absent=["run"],
     ),
     Case(

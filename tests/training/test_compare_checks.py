@@ -26,7 +26,7 @@ def test_shared_options_go_only_to_the_guesses_that_read_them():
 
 
 def test_an_option_in_a_spec_that_its_guess_ignores_is_refused():
-    with pytest.raises(ConfigError, match="guess 'wt' reads none of the guess options"):
+    with pytest.raises(ConfigError, match="guess 'wt' reads only fallback, not rank"):
         guess_configs(base(), ["wt:rank=3"])
 
 

@@ -99,6 +99,7 @@ _RESNET_MEMORY = _RESNET + " (memory)"
 _VIT = "ViT 3x32x32 b128"
 _VIT6 = "ViT depth 6, 3x32x32 b128"
 _VIT24 = "ViT depth 24, 3x32x32 b128"
+_CNN = "LeNet 1x28x28 b128 (next-layer guesses on conv sites)"
 _IMAGE = (3, 32, 32)
 _IMAGE_BATCH = 128
 
@@ -301,7 +302,22 @@ def models_preset(depth_scan: bool = True) -> Preset:
     return Preset(_model_scenarios(depth_scan), _model_targets(depth_scan))
 
 
-PRESET_NAMES = ("targets", "models", "grid", "quick", "distributed")
+def conv_preset() -> Preset:
+    """The LeNet-style cnn on 1x28x28 inputs, batch 128: the next-layer guesses on its conv
+    sites (Wᵀ by the next convolution's transpose, W̃⊥ by the matrix-free solver) against
+    activation perturbation and backprop. Reported; no target."""
+    methods = (
+        _activation(1),
+        Method("wt", "wt"),
+        Method("wperp rank 10", "wperp", options=(("rank", 10),)),
+    )
+    scenario = Scenario(
+        _CNN, batch=_IMAGE_BATCH, methods=methods, model="cnn", input_shape=(1, 28, 28)
+    )
+    return Preset([scenario])
+
+
+PRESET_NAMES = ("targets", "models", "conv", "grid", "quick", "distributed")
 GRID_DEFAULTS = {
     "guesses": ["activation", "wt", "wperp", "weight"],
     "tangents": [1, 4, 16, 64],

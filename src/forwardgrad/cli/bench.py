@@ -10,6 +10,7 @@ from ..bench import (
     GRID_DEFAULTS,
     PRESET_NAMES,
     QUICK,
+    conv_preset,
     grid_preset,
     models_preset,
     run_bench,
@@ -37,6 +38,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         preset = targets_preset()
     elif args.preset == "models":
         preset = models_preset()
+    elif args.preset == "conv":
+        preset = conv_preset()
     else:
         base = QUICK if args.preset == "quick" else GRID_DEFAULTS
         guesses = args.guesses.split(",") if args.guesses else base["guesses"]
@@ -110,7 +113,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
             "Times every method of a scenario interleaved on one model and batch, and measures "
             "each step's peak memory (a fresh process per method on the CPU). Presets: "
             "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
-            "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'grid' "
+            "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'conv' "
+            "(the LeNet-style cnn: Wt and W~perp on conv sites against backprop), 'grid' "
             "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
             "narrow it with the list flags), 'quick' (seconds), 'distributed' (two processes on "
             "127.0.0.1 against one: bytes sent per step and step time, with a projection to "

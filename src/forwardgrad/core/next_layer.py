@@ -35,9 +35,10 @@ from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError
 POOL_TYPES: tuple[type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d)
 RESHAPE_TYPES: tuple[type[nn.Module], ...] = (nn.Flatten,)
 
-# Dense per-example Jacobians above this many entries (over the batch) are refused: an exact
-# solver on them would need gigabytes; the matrix-free solver does not.
-DENSE_LIMIT = 1 << 26
+# Dense per-example Jacobians with more than this many entries (n * max(m, n), per example,
+# so the refusal does not depend on the batch size) are refused: an exact solver on them
+# would need gigabytes for a batch; the matrix-free solver does not.
+DENSE_LIMIT = 1 << 20
 
 
 def _no_hooks(module: nn.Module) -> bool:
@@ -355,10 +356,11 @@ class NextLayer:
         b, m, n = self.batch_size, self.out_features, self.in_features
         if self.weight is not None:
             return self.weight.unsqueeze(0) * self.mask.unsqueeze(1)
-        if b * n * max(m, n) > DENSE_LIMIT:
+        if n * max(m, n) > DENSE_LIMIT:
             raise ModelNotSupportedError(
-                f"{what} needs W~ as a dense matrix per example, here {b} x {m} x {n}, "
-                f"which is more than the {DENSE_LIMIT:,} entries allowed for one batch"
+                f"{what} needs W~ as a dense {m} x {n} matrix per example (and {n} x {n} to "
+                f"solve), more than the {DENSE_LIMIT:,} entries allowed; the layer is too large "
+                "for the exact solvers"
             )
         like = self.inputs
         eye = torch.eye(n, dtype=like.dtype, device=like.device)

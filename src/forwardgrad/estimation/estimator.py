@@ -242,8 +242,22 @@ class Estimator:
         return list(self._engine.sites) if self._engine is not None else []
 
     def describe(self) -> list[dict]:
-        """One row per site: name, module type, gradient rule, parameters, mask."""
-        return [_describe(s) for s in self.sites]
+        """One row per site: name, module type, gradient rule, parameters, mask, the route to
+        the next linear layer (``next_layer``: the modules between and the layer, ``output``,
+        or why there is none) and whether the guess falls back to activation perturbation
+        there."""
+        rows = [_describe(s) for s in self.sites]
+        engine = self._engine
+        if engine is None:
+            return rows
+        routes: dict[str, object] = {}
+        for call, path in zip(engine.layout.calls, getattr(engine, "paths", [])):
+            routes.setdefault(call.site, path)
+        fallback = set(self.guess.fallback_sites)
+        for row in rows:
+            row["next_layer"] = _route(routes.get(row["name"], "not traced"))
+            row["fallback"] = row["name"] in fallback
+        return rows
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "guess": self.guess.state_dict()}
@@ -532,6 +546,15 @@ def _by_module(names: list[str]) -> list[list[str]]:
 def _parameter_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _route(path) -> str:
+    if path is None:
+        return "output"
+    if isinstance(path, str):
+        return f"none: {path}"
+    between = [type(m).__name__ for m in path.between]
+    return " -> ".join([*between, type(path.target).__name__])
 
 
 def _describe(site) -> dict:

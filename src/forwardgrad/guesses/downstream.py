@@ -24,7 +24,7 @@ class Downstream(Guess):
     name = "downstream"
     summary = "l-layer downstream: u = J^T eps through the next l layers (local VJP); biased"
     paper = "Singhal et al. 2023"
-    option_names: tuple[str, ...] = ("layers",)
+    option_names: tuple[str, ...] = ("layers", "fallback")
     needs_next_layer = True
 
     def __init__(self, options=None) -> None:
@@ -68,7 +68,7 @@ class SelfSharpening(Downstream):
     name = "self-sharpening"
     summary = "self-sharpening: 1-layer downstream with U[0,1) noise; last site = true local error"
     paper = "Singhal et al. 2023"
-    option_names: tuple[str, ...] = ("layers",)
+    option_names: tuple[str, ...] = ("layers", "fallback")
 
     def __init__(self, options=None) -> None:
         super().__init__(options)

@@ -45,7 +45,7 @@ class WTranspose(Guess):
     name = "wt"
     summary = "W^T: u = M_i W_{i+1}^T eps per example; biased, (W~^T W~ - I) g"
     paper = "Singhal et al. 2023"
-    option_names: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ("fallback",)
     needs_next_layer = True
 
     def site_tangents(self, ctx: SiteContext, k: int, generator: torch.Generator) -> Tensor:
@@ -79,6 +79,7 @@ class WPerp(Guess):
         "power_iterations",
         "gram_dtype",
         "ns_refresh",
+        "fallback",
     )
     needs_next_layer = True
 
@@ -252,7 +253,7 @@ class Preconditioned(Guess):
         "W~P: (W~_s^T W~_s)^(-1/2) W~_s^T eps (sigma = 1e-5); unbiased when d_{i+2} >= d_{i+1}"
     )
     paper = "Wang, Markou & Campbell 2025"
-    option_names: tuple[str, ...] = ("sigma",)
+    option_names: tuple[str, ...] = ("sigma", "fallback")
     needs_next_layer = True
 
     def __init__(self, options=None) -> None:

@@ -23,7 +23,7 @@ class ActivationMixing(Guess):
         "activation mixing: u = M_i * (random mixture of the batch's activations x_{i+1}); biased"
     )
     paper = "Singhal et al. 2023"
-    option_names: tuple[str, ...] = ()
+    option_names: tuple[str, ...] = ("fallback",)
     needs_mask = True  # M_i, which only an elementwise activation consuming s_i gives
     builds_from = "needs the mask M_i = phi'(s_i) of an elementwise activation consuming s_i"
 

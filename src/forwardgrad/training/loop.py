@@ -116,8 +116,16 @@ def processes_of(team: Any, cfg: TrainConfig) -> dict[str, Any]:
     return team.grid.describe()
 
 
+def fallback_sites(run: Session) -> list[str]:
+    """The site calls where the guess uses activation perturbation (``fallback='activation'``
+    at sites without a next layer), as the estimator found them on the trial step."""
+    return list(getattr(getattr(run.estimator, "guess", None), "fallback_sites", []))
+
+
 def start_fresh(run: Session) -> None:
-    write_json(run.out / "config.json", run_record(run.cfg, run.data, run.team))
+    record = run_record(run.cfg, run.data, run.team)
+    record["fallback_sites"] = fallback_sites(run)
+    write_json(run.out / "config.json", record)
     if run.probe_estimator is not None:
         run_probe(run, 0)  # the starting point of the trajectory
 
@@ -351,6 +359,7 @@ def summary_of(run: Session, status: str, failure: dict | None) -> dict:
         "final": rows[-1] if rows else None,
         "failure": failure,
         "checkpoint_epoch": run.checkpoint_epoch,
+        "fallback_sites": fallback_sites(run),
         "config": run.cfg.to_dict(),
     }
 
