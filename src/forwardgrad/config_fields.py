@@ -16,6 +16,7 @@ from typing import Any
 SECTIONS: dict[str, str] = {
     "data": "data",
     "model": "model",
+    "finetune": "fine-tuning (start from a state-dict file, train only part of the model)",
     "estimator": "estimator (the gradient guess and how its JVPs are combined)",
     "optimizer": "optimizer",
     "schedule": "schedule (training length and batches)",

@@ -415,6 +415,38 @@ CASES = [
         ["plot", "nowhere"],
         ["no run folder at nowhere"],
     ),
+    # --- fine-tuning
+    Case(
+        "init-from-missing-file",
+        ["train", *TINY, "--guess", "activation", "--init-from", "missing.pt", *RUN],
+        ["init_from 'missing.pt': no such file"],
+        absent=["run"],
+    ),
+    Case(
+        "init-from-another-model",
+        ["train", *TINY, "--guess", "activation", "--init-from", "other.pt", *RUN],
+        ["init_from 'other.pt' lacks: ['0.weight'"],
+        setup=lambda root: torch.save({"w": torch.zeros(1)}, root / "other.pt"),
+        absent=["run"],
+    ),
+    Case(
+        "trainable-matches-nothing",
+        ["train", *TINY, "--guess", "activation", "--trainable", "head.*", *RUN],
+        ["trainable pattern 'head.*' matches nothing; names look like ['0.weight'"],
+        absent=["run"],
+    ),
+    Case(
+        "lora-on-no-linear",
+        ["train", *TINY, "--guess", "activation", "--lora", "1", *RUN],
+        ["lora pattern '1' matches no nn.Linear, only '1' (ReLU)"],
+        absent=["run"],
+    ),
+    Case(
+        "prompts-on-a-model-without-them",
+        ["train", *TINY, "--guess", "activation", "--prompts", "4", *RUN],
+        ["prompts = 4 would be ignored: model 'mlp' reads"],
+        absent=["run"],
+    ),
 ]
 
 

@@ -92,6 +92,7 @@ def build_vit(
     dim: int = 256,
     mlp_dim: int = 512,
     dropout: float = 0.0,
+    prompts: int = 0,
 ) -> nn.Module:
     c, h, w = image_shape("vit", input_shape)
     return vit(
@@ -104,6 +105,7 @@ def build_vit(
         dim=dim,
         mlp_dim=mlp_dim,
         dropout=dropout,
+        prompts=prompts,
     )
 
 
@@ -134,6 +136,7 @@ MODELS: dict[str, ModelSpec] = {
                 ("heads", "heads"),
                 ("mlp_dim", "mlp_dim"),
                 ("patch_size", "patch_size"),
+                ("prompts", "prompts"),
             ),
         ),
     )

@@ -32,10 +32,22 @@ from .shapes import ImageSize, pair
 
 
 class PatchEmbedding(nn.Module):
-    """``(B, C, H, W)`` -> ``(B, 1+N, dim)``: patch projection, class token, position embedding."""
+    """``(B, C, H, W)`` -> ``(B, 1+P+N, dim)``: patch projection, class token, position
+    embedding, then ``P = prompts`` learnable prompt tokens after the class token (prompt tuning,
+    as VPT-shallow: no position embedding on them; none by default)."""
 
-    def __init__(self, image_size: ImageSize, patch_size: int, in_channels: int, dim: int) -> None:
+    def __init__(
+        self, image_size: ImageSize, patch_size: int, in_channels: int, dim: int, prompts: int = 0
+    ) -> None:
         super().__init__()
+        if prompts < 0:
+            raise ValueError(f"prompts must be >= 0; got {prompts}")
+        # (1, P, dim); uniform as nn.Linear's init, small against the LayerNorm-ed tokens
+        self.prompts = (
+            nn.Parameter(torch.empty(1, prompts, dim).uniform_(-(dim**-0.5), dim**-0.5))
+            if prompts
+            else None
+        )
         h, w = pair(image_size)
         if patch_size < 1 or h % patch_size or w % patch_size:
             raise ValueError(
@@ -54,7 +66,11 @@ class PatchEmbedding(nn.Module):
         x = self.proj(x)  # (B, dim, H/p, W/p)
         x = x.flatten(2).transpose(1, 2)  # (B, N, dim)
         cls = self.cls_token.expand(len(x), -1, -1)  # (B, 1, dim)
-        return torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1+N, dim)
+        x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1+N, dim)
+        if self.prompts is None:
+            return x
+        prompts = self.prompts.expand(len(x), -1, -1)  # (B, P, dim)
+        return torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)  # (B, 1+P+N, dim)
 
 
 class Attention(nn.Module):
@@ -127,6 +143,7 @@ class ViT(nn.Module):
         dim: int = 256,
         mlp_dim: int = 512,
         dropout: float = 0.0,
+        prompts: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1 or num_classes < 1 or in_channels < 1:
@@ -134,7 +151,7 @@ class ViT(nn.Module):
                 "depth, in_channels and num_classes must be >= 1; "
                 f"got {depth}, {in_channels}, {num_classes}"
             )
-        self.embed = PatchEmbedding(image_size, patch_size, in_channels, dim)
+        self.embed = PatchEmbedding(image_size, patch_size, in_channels, dim, prompts)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.Sequential(
             *[EncoderBlock(dim, heads, mlp_dim, dropout) for _ in range(depth)]

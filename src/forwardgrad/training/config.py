@@ -75,6 +75,28 @@ class TrainConfig(GuessOptions):
     heads: int | None = option(None, "model", "vit: attention heads (default 4)", minimum=1)
     mlp_dim: int | None = option(None, "model", "vit: MLP width (default 512)", minimum=1)
     patch_size: int | None = option(None, "model", "vit: patch size (default 4)", minimum=1)
+    prompts: int | None = option(
+        None, "model", "vit: learnable prompt tokens after the class token (default 0)", minimum=0
+    )
+    init_from: str | None = option(
+        None, "finetune", "start from this state_dict file (torch.save; every key checked)"
+    )
+    trainable: str | None = option(
+        None,
+        "finetune",
+        "train only the parameters matching these name patterns, comma-separated (e.g. "
+        "'*.bias,head.*'), and those --lora and --prompts add; none given: every parameter",
+    )
+    lora: str | None = option(
+        None,
+        "finetune",
+        "LoRA adapters on the nn.Linear modules matching these name patterns, comma-separated "
+        "(e.g. 'blocks.*.mlp.0'); the wrapped layers are frozen",
+    )
+    lora_rank: int = option(4, "finetune", "LoRA rank r", minimum=1)
+    lora_alpha: float = option(
+        8.0, "finetune", "LoRA scale alpha (the update is alpha/r BA)", rule=positive()
+    )
     sites: str | None = option(
         None,
         "estimator",
@@ -187,11 +209,14 @@ class TrainConfig(GuessOptions):
             if getattr(self, key) is not None
         }
 
+    def patterns(self, key: str) -> list[str]:
+        """A comma-separated pattern key (``trainable``, ``lora``, ``sites``) as a list."""
+        value = getattr(self, key)
+        return [p.strip() for p in value.split(",") if p.strip()] if value else []
+
     def site_patterns(self) -> list[str] | None:
         """``sites`` as the Estimator's ``sites=`` list (None: every Linear and Conv)."""
-        if self.sites is None:
-            return None
-        return [p.strip() for p in self.sites.split(",") if p.strip()]
+        return None if self.sites is None else self.patterns("sites")
 
     def validate(self, custom_guess: bool = False) -> TrainConfig:
         """Check every value; raise :class:`ConfigError` naming the first bad one.

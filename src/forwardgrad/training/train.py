@@ -35,6 +35,7 @@ from ..environment import environment, torch_threads
 from ..estimation import Estimator
 from ..io import write_json
 from ..memory import MEMORY_FLAGS, available_memory_bytes, format_bytes
+from ..models import finetune
 from .checkpoint import TRAINING_KEYS, load_checkpoint
 from .config import ConfigError, TrainConfig
 from .loop import (
@@ -108,8 +109,20 @@ class RunResult:
 
 
 def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
-    """``cfg.model`` for the data's examples (``forwardgrad.models.build_model``)."""
-    return models.build_model(cfg.model, data.input_shape, data.num_classes, **cfg.model_options())
+    """``cfg.model`` for the data's examples (``forwardgrad.models.build_model``), then the
+    fine-tuning settings in order: weights from ``init_from``, LoRA adapters, and the trainable
+    subset (the ``trainable`` patterns plus the adapters and prompt tokens; all by default)."""
+    model = models.build_model(
+        cfg.model, data.input_shape, data.num_classes, **cfg.model_options()
+    )
+    added = ["embed.prompts"] if cfg.prompts else []
+    if cfg.init_from is not None:
+        finetune.load_weights(model, cfg.init_from, new=added)
+    if cfg.lora is not None:
+        added += finetune.add_lora(model, cfg.patterns("lora"), cfg.lora_rank, cfg.lora_alpha)
+    if cfg.trainable is not None or added:
+        finetune.train_only(model, [*cfg.patterns("trainable"), *added])
+    return model
 
 
 def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
