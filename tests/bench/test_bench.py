@@ -174,3 +174,30 @@ def test_conv_preset_times_next_layer_guesses_on_a_conv_net():
     )
     out = run_bench(Preset([tiny]), repeats=1, warmup=0, memory=False)
     assert set(out["scenarios"][0]["methods"]) == {"backprop", *[m.label for m in tiny.methods]}
+
+
+def test_finetune_preset_freezes_all_but_the_subset_for_backprop_too():
+    from forwardgrad.bench import finetune_preset
+    from forwardgrad.bench.measure import build_scenario_model
+
+    prompts, lora = finetune_preset().scenarios
+    assert prompts.memory and not prompts.time and len(finetune_preset().targets) == 2
+    tiny = Scenario(
+        "tiny-vit-lora",
+        batch=4,
+        model="vit",
+        input_shape=(1, 8, 8),
+        classes=3,
+        options=(("depth", 1), ("dim", 8), ("mlp_dim", 16), ("heads", 2), ("prompts", 2)),
+        lora=lora.lora,
+        trainable=prompts.trainable,
+        methods=lora.methods,
+    )
+    model = build_scenario_model(tiny)
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trained == sorted(
+        ["embed.prompts", "head.weight", "head.bias"]
+        + [f"blocks.0.mlp.{i}.{p}.weight" for i in (0, 3) for p in ("down", "up")]
+    )
+    out = run_bench(Preset([tiny]), repeats=1, warmup=0, memory=False)
+    assert set(out["scenarios"][0]["methods"]) == {"backprop", *[m.label for m in tiny.methods]}

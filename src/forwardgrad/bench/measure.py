@@ -17,17 +17,22 @@ import torch
 from torch import nn
 
 from ..estimation import Estimator, cross_entropy_per_example
-from ..models import build_model, mlp
+from ..models import build_model, finetune, mlp
 from .peers import frog_loop_step
 from .scenarios import Method, Scenario
 
 
 def build_scenario_model(scenario: Scenario) -> nn.Module:
     if scenario.model == "mlp":
-        return mlp(scenario.in_features, scenario.classes, scenario.depth, scenario.width)
-    return build_model(
-        scenario.model, scenario.example_shape(), scenario.classes, **dict(scenario.options)
-    )
+        model = mlp(scenario.in_features, scenario.classes, scenario.depth, scenario.width)
+    else:
+        model = build_model(
+            scenario.model, scenario.example_shape(), scenario.classes, **dict(scenario.options)
+        )
+    adapters = finetune.add_lora(model, scenario.lora, 4, 8.0) if scenario.lora else []
+    if scenario.trainable or adapters:
+        finetune.train_only(model, [*scenario.trainable, *adapters])
+    return model
 
 
 def _build(scenario: Scenario, method: Method, device: str, seed: int = 0):
@@ -37,7 +42,8 @@ def _build(scenario: Scenario, method: Method, device: str, seed: int = 0):
     x = torch.randn(scenario.batch, *scenario.example_shape(), device=device)
     y = torch.randint(0, scenario.classes, (scenario.batch,), device=device)
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
     return model, x, y, _stepper(model, x, y, method)
 
 
@@ -111,7 +117,8 @@ def _measure_memory_here(scenario: Scenario, method: Method, device: str) -> dic
     params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     step()  # warm-up: lazily created buffers and thread pools are not the step's memory
     for p in model.parameters():
-        p.grad.zero_()
+        if p.grad is not None:
+            p.grad.zero_()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -174,6 +181,9 @@ def _scenario_dict(s: Scenario) -> dict:
 
 def _scenario_from_dict(d: dict) -> Scenario:
     methods = tuple(_method_from_dict(m) for m in d.pop("methods"))
+    for key in ("lora", "trainable", "input_shape"):
+        d[key] = tuple(d.get(key, ()))
+    d["options"] = tuple(tuple(o) for o in d.get("options", ()))
     return Scenario(methods=methods, **d)
 
 

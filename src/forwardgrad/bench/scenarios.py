@@ -43,7 +43,8 @@ class Scenario:
 
     ``model`` is a name of :data:`forwardgrad.models.MODELS`; the MLP is ``depth`` hidden layers
     of ``width`` on ``in_features`` inputs, other models take ``input_shape`` (one example's)
-    and ``options`` (the builder's keyword arguments)."""
+    and ``options`` (the builder's keyword arguments). ``lora`` and ``trainable`` make it a
+    fine-tuning scenario: every other parameter is frozen, for backprop as for the estimators."""
 
     name: str
     depth: int = 0
@@ -57,6 +58,8 @@ class Scenario:
     model: str = "mlp"
     input_shape: tuple[int, ...] = ()
     options: tuple[tuple[str, object], ...] = ()
+    lora: tuple[str, ...] = ()  # LoRA adapters (rank 4) on the Linear modules matching these
+    trainable: tuple[str, ...] = ()  # fine-tuning: train only these parameters (and the adapters)
 
     def all_methods(self) -> tuple[Method, ...]:
         return (BACKPROP, *[m for m in self.methods if not m.is_backprop])
@@ -317,7 +320,49 @@ def conv_preset() -> Preset:
     return Preset([scenario])
 
 
-PRESET_NAMES = ("targets", "models", "conv", "grid", "quick", "distributed")
+_FINETUNE_PROMPTS = "ViT 3x32x32 b128, 8 prompt tokens + head trained (memory)"
+_FINETUNE_LORA = "ViT 3x32x32 b128, LoRA r=4 on every MLP Linear + head trained (memory)"
+
+
+def finetune_preset() -> Preset:
+    """Peak memory of fine-tuning a frozen ViT (the default, depth 6) by forward gradients
+    against backprop fine-tuning of the same subset: prompt tuning (8 tokens) and LoRA on the
+    MLP layers, the head trained in both. Backprop must keep every activation between the
+    input and the last trained parameter; the low-memory estimator keeps one site's."""
+    methods = (_activation(1), _LOW, Method("weight k=1", "weight"))
+    common = dict(batch=_IMAGE_BATCH, methods=methods, model="vit", input_shape=_IMAGE)
+    scenarios = [
+        Scenario(
+            _FINETUNE_PROMPTS,
+            options=(("prompts", 8),),
+            trainable=("embed.prompts", "head.*"),
+            time=False,
+            memory=True,
+            **common,
+        ),
+        Scenario(
+            _FINETUNE_LORA,
+            lora=("blocks.*.mlp.0", "blocks.*.mlp.3"),
+            trainable=("head.*",),
+            time=False,
+            memory=True,
+            **common,
+        ),
+    ]
+    targets = [
+        Target(
+            f"{what}: low-memory forward-gradient peak memory <= 0.5x backprop's",
+            "memory",
+            (name, _LOW.label),
+            (name, "backprop"),
+            0.5,
+        )
+        for what, name in (("prompt tuning", _FINETUNE_PROMPTS), ("LoRA", _FINETUNE_LORA))
+    ]
+    return Preset(scenarios, targets)
+
+
+PRESET_NAMES = ("targets", "models", "conv", "finetune", "grid", "quick", "distributed")
 GRID_DEFAULTS = {
     "guesses": ["activation", "wt", "wperp", "weight"],
     "tangents": [1, 4, 16, 64],

@@ -11,6 +11,7 @@ from ..bench import (
     PRESET_NAMES,
     QUICK,
     conv_preset,
+    finetune_preset,
     grid_preset,
     models_preset,
     run_bench,
@@ -34,12 +35,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.preset == "distributed":
         return _distributed(args)
-    if args.preset == "targets":
-        preset = targets_preset()
-    elif args.preset == "models":
-        preset = models_preset()
-    elif args.preset == "conv":
-        preset = conv_preset()
+    fixed = {
+        "targets": targets_preset,
+        "models": models_preset,
+        "conv": conv_preset,
+        "finetune": finetune_preset,
+    }
+    if args.preset in fixed:
+        preset = fixed[args.preset]()
     else:
         base = QUICK if args.preset == "quick" else GRID_DEFAULTS
         guesses = args.guesses.split(",") if args.guesses else base["guesses"]
@@ -114,7 +117,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
             "each step's peak memory (a fresh process per method on the CPU). Presets: "
             "'targets' (the README's MLP performance targets), 'models' (ResNet-18 and the ViT "
             "against backprop and a frog-style loop, about 90 minutes on a 2-core CPU), 'conv' "
-            "(the LeNet-style cnn: Wt and W~perp on conv sites against backprop), 'grid' "
+            "(the LeNet-style cnn: Wt and W~perp on conv sites against backprop), 'finetune' "
+            "(peak memory of prompt and LoRA tuning of a frozen ViT against backprop's), 'grid' "
             "(guesses x k x depth x width x batch; the full grid takes hours on a laptop CPU: "
             "narrow it with the list flags), 'quick' (seconds), 'distributed' (two processes on "
             "127.0.0.1 against one: bytes sent per step and step time, with a projection to "

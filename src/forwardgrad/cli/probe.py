@@ -176,7 +176,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     device = torch.device(cfg.device)
     data = load_data(cfg, seed=data_seed)
     torch.manual_seed(cfg.seed)  # a fresh model is the one a training run with this seed starts
-    model = build_model(cfg, data).to(device)
+    model = build_model(cfg, data, weights=run is None).to(device)
     if run is not None:
         state = load_checkpoint(run / "checkpoint.pt", map_location=device)
         load_model_state(model, state, run / "checkpoint.pt")

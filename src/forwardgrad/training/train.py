@@ -108,15 +108,17 @@ class RunResult:
     epochs_trained: int = 0  # epochs this call trained (0: the run was already complete)
 
 
-def build_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
+def build_model(cfg: TrainConfig, data: Dataset, weights: bool = True) -> nn.Module:
     """``cfg.model`` for the data's examples (``forwardgrad.models.build_model``), then the
-    fine-tuning settings in order: weights from ``init_from``, LoRA adapters, and the trainable
-    subset (the ``trainable`` patterns plus the adapters and prompt tokens; all by default)."""
+    fine-tuning settings in order: weights from ``init_from`` (unless ``weights`` is False:
+    where a checkpoint replaces every weight, so a resumed run does not need the file), LoRA
+    adapters, and the trainable subset (the ``trainable`` patterns plus the adapters and
+    prompt tokens; all by default)."""
     model = models.build_model(
         cfg.model, data.input_shape, data.num_classes, **cfg.model_options()
     )
     added = ["embed.prompts"] if cfg.prompts else []
-    if cfg.init_from is not None:
+    if cfg.init_from is not None and weights:
         finetune.load_weights(model, cfg.init_from, new=added)
     if cfg.lora is not None:
         added += finetune.add_lora(model, cfg.patterns("lora"), cfg.lora_rank, cfg.lora_alpha)
@@ -134,7 +136,7 @@ def initial_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
 def checkpoint_model(cfg: TrainConfig, data: Dataset, path: Path) -> tuple[nn.Module, int]:
     """The model saved in the checkpoint file ``path`` (in eval mode) and its epoch."""
     state = load_checkpoint(path, require=("model", "epoch"))
-    model = build_model(cfg, data)
+    model = build_model(cfg, data, weights=False)
     model.load_state_dict(state["model"])
     return model.eval(), int(state["epoch"])
 
@@ -292,10 +294,11 @@ def _build_run(
     out: Path,
     factory: EstimatorFactory | None,
     team: Collectives | None = None,
+    fresh: bool = True,
 ) -> Session:
     device = _run_device(cfg, team)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data).to(device)
+    model = build_model(cfg, data, weights=fresh).to(device)  # a resumed run: its checkpoint
     if team is not None and team.grid.data_rank > 0:
         # Each data shard draws its own dropout masks (the processes of one shard, the same).
         torch.manual_seed(call_seed(cfg.seed, f"data shard {team.grid.data_rank}"))
@@ -410,7 +413,7 @@ def _train_in_team(
             data = data if data is not None else load_data(cfg)
             if record is not None:
                 check_same_data(record, data.summary(), out)
-            run = _build_run(cfg, data, out, factory, team)
+            run = _build_run(cfg, data, out, factory, team, fresh=record is None)
             run.custom_guess = factory is not None
             run.callbacks = list(callbacks)
             run.progress = progress
