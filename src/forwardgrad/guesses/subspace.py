@@ -417,16 +417,18 @@ def operator_subspace(
     """Top-k right singular subspace of every ``W~_b`` known only as an operator (matrix-free).
 
     ``gram_rows(z)`` applies ``A_b = W~_b^T W~_b`` to blocks of vectors as rows ``(B, p, n)``;
-    ``size`` is ``(B, n)``. A Gaussian block of ``p = k + oversample`` vectors per example
-    takes :data:`OPERATOR_START_ITERATIONS` + ``iterations`` subspace iterations (one apply and
-    an orthonormalisation each), then one more apply gives the Nystrom approximation whose top
-    k are returned, as in :func:`randomized_subspace`. Returns ``basis (B, n, k)`` and the
-    estimated singular values ``(B, k)`` (descending).
+    ``size`` is ``(B, n)``. A Gaussian block of ``p = k + oversample`` vectors (one, shared
+    by the batch) takes :data:`OPERATOR_START_ITERATIONS` + ``iterations`` subspace
+    iterations (one apply and an orthonormalisation each), then one more apply gives the
+    Nystrom approximation whose top k are returned, as in :func:`randomized_subspace`.
+    Returns ``basis (B, n, k)`` and the estimated singular values ``(B, k)`` (descending).
     """
     b, n = size
     p = min(k + oversample, n)
-    z = torch.randn(b, p, n, generator=generator, device=generator.device, dtype=dtype)
-    z = _orthonormal_rows(z)
+    # One Gaussian block shared by the batch (the first apply makes it each example's own):
+    # drawing B blocks of activation-sized normals would cost more than an apply.
+    z = torch.randn(1, p, n, generator=generator, device=generator.device, dtype=dtype)
+    z = _orthonormal_rows(z).expand(b, -1, -1)
     for _ in range(OPERATOR_START_ITERATIONS + iterations):
         z = _orthonormal_rows(gram_rows(z))
     rows, svals = _nystrom_top(z, gram_rows(z), min(k, p))
