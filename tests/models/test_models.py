@@ -36,6 +36,7 @@ def test_registry_names_and_options():
         "dim",
         "mlp_dim",
         "dropout",
+        "prompts",
     )
     assert all(spec.summary for spec in MODELS.values())
 
