@@ -112,3 +112,75 @@ def test_downstream_map_composes_the_layers_and_their_activations():
     # at the network's end the map stops at the output
     three = ctxs[0].path.downstream(5)(s)
     assert torch.allclose(three, model[1:](s), atol=1e-12)
+
+
+def _paths(model, x, guess="activation"):
+    est = Estimator(model, guess)
+    est.estimate(x, torch.zeros(len(x), dtype=torch.long))
+    return est, est._engine.paths
+
+
+def test_attribute_reads_that_compute_are_consumers_but_metadata_reads_are_not():
+    class Residual(nn.Module):
+        def __init__(self, transposed):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)
+            self.head, self.transposed = nn.Linear(4, 3), transposed
+
+        def forward(self, x):
+            h = self.fc1(x)
+            if not self.transposed:
+                assert h.shape[-1] == 4 and h.dtype == x.dtype  # metadata only
+                return self.head(self.fc2(self.act(h)))
+            return self.head(self.fc2(self.act(h)) + h.mT.mT)  # a residual through .mT
+
+    x = torch.randn(3, 4)
+    _, paths = _paths(Residual(False), x)
+    assert [type(m).__name__ for m in paths[0].between] == ["Tanh"]
+    est, paths = _paths(Residual(True), x)
+    assert paths[0] == "its output is used 2 times (['act', '.mT']), not by one module"
+    assert est.describe()[0]["masked_by"] is None
+
+
+def test_hooks_on_routing_modules_break_the_route():
+    def doubles(module, args):
+        return (args[0] * 2,)
+
+    inner = nn.Sequential(nn.Tanh(), nn.Linear(4, 4))
+    inner.register_forward_pre_hook(doubles)
+    model = nn.Sequential(nn.Linear(4, 4), inner, nn.Linear(4, 3))
+    _, paths = _paths(model, torch.randn(3, 4))
+    assert paths[0].startswith("its output reaches '1' (Sequential)")
+    dropout = nn.Dropout(0.3).eval()
+    dropout.register_forward_pre_hook(doubles)
+    model = nn.Sequential(nn.Linear(4, 4), dropout, nn.ReLU(), nn.Linear(4, 3))
+    _, paths = _paths(model, torch.randn(3, 4))
+    assert isinstance(paths[0], str)
+
+
+def test_a_flatten_with_nothing_to_flatten_is_part_of_the_route():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(5, 3))
+    _, paths = _paths(model, torch.randn(3, 4))
+    # it hands back its input, so it is skipped like an Identity
+    assert [type(m).__name__ for m in paths[0].between] == ["ReLU"]
+    assert paths[0].target is model[3]
+
+
+def test_a_pool_over_unbatched_layouts_is_refused():
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.MaxPool1d(2), nn.Linear(4, 3))
+    _, paths = _paths(model, torch.randn(3, 5))
+    assert "goes to '2' (MaxPool1d) with output [(2, 4)], not batched" in paths[0]
+    est = Estimator(model, "wt", fallback="activation")
+    est.estimate(torch.randn(3, 5), torch.zeros(3, dtype=torch.long))
+    assert est.guess.fallback_sites == ["0"]
+
+
+def test_the_last_layers_activations_lead_to_the_output():
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3), nn.Sigmoid())
+    x = torch.randn(4, 5)
+    for sites in (None, [nn.Linear]):  # the fused chain and the general engine
+        est = Estimator(model, "downstream", sites=sites)
+        est.estimate(x, torch.zeros(4, dtype=torch.long))
+        path = est._engine.paths[0]
+        assert torch.allclose(path.downstream(1)(model[0](x)), model(x))
+        assert est.describe()[-1]["next_layer"] == "Sigmoid -> output"

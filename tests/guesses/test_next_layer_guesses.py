@@ -14,6 +14,7 @@ captured 0.84 of what 30 iterations find.
 import pytest
 import torch
 from next_layer_cases import CASES, contexts, reference_jacobian
+from torch import nn
 
 from forwardgrad import Estimator
 from forwardgrad.core.sites import ModelNotSupportedError
@@ -192,3 +193,18 @@ def test_sites_without_a_next_layer_are_refused_or_fall_back_when_asked():
     assert "blocks.0.mlp.0" not in est.guess.fallback_sites  # token-wise Linear -> GELU -> Linear
     assert est.guess.fallback_sites[:2] == ["embed.proj", "embed"]
     assert "blocks.0.mlp.3" in est.guess.fallback_sites  # followed by the residual add
+
+
+@pytest.mark.parametrize("guess", ["mixing", "wt", "downstream", "self-sharpening"])
+def test_the_general_engine_gives_the_fused_chains_tangents(guess):
+    # mixing mixes phi(s) on both engines (the general one reads phi from the mask module)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3))
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    chain = Estimator(model, guess, tangents=4, seed=1)
+    general = Estimator(model, guess, tangents=4, seed=1, sites=[nn.Linear])
+    _, a = chain.estimate(x, y)
+    _, b = general.estimate(x, y)
+    assert chain._engine.plan is not None and general._engine.plan is None
+    for p in model.parameters():
+        assert torch.allclose(a[p], b[p], atol=1e-6), (guess, p.shape)

@@ -154,3 +154,22 @@ def test_a_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="weights_only=True"):
         load_weights(tiny_vit(), path)
     assert not (tmp_path / "RAN").exists()
+
+
+def test_lora_refuses_a_linear_registered_under_two_names():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = self.dec = nn.Linear(4, 4)
+
+    with pytest.raises(ValueError, match=r"'enc' is one nn.Linear registered under several"):
+        add_lora(Tied(), ["*c"], 2, 4.0)
+
+
+def test_frozen_layers_of_a_plain_mlp_get_no_tangents():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    train_only(model, ["2.*"])
+    est = Estimator(model, "activation")
+    est.estimate(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    assert est._engine.plan is None and est._engine.layout.keys == ["2"]

@@ -94,10 +94,11 @@ class SitePlan:
 
     @property
     def paths(self) -> list[NextPath | None]:
-        """Each site's route to the next one (its followers, then the next Linear); None for
-        the last."""
+        """Each site's route to the next one (its followers, then the next Linear); for the
+        last, its followers to the output (None when it has none)."""
         if getattr(self, "_paths", None) is None:
-            paths: list[NextPath | None] = [None]
+            last = self.sites[-1].followers  # the activations before the output, if any
+            paths: list[NextPath | None] = [NextPath(list(last), None) if last else None]
             for site, nxt in zip(self.sites[-2::-1], self.sites[:0:-1]):
                 paths.insert(0, NextPath(list(site.followers), nxt.module, paths[0]))
             self._paths = paths
@@ -171,6 +172,9 @@ def chain_problem(model: nn.Module) -> tuple[SitePlan | None, str | None]:
     sites: list[ChainSite] = []
     for name, m in modules:
         if type(m) is nn.Linear:
+            if not all(p.requires_grad for p in m.parameters()):
+                # a frozen layer is no site (no tangent), as in the general engine
+                return None, f"layer {name!r} is frozen (some of its parameters)"
             sites.append(ChainSite(index=len(sites), name=name, module=m))
         elif isinstance(m, ELEMENTWISE_TYPES) and type(m) in ELEMENTWISE_TYPES and sites:
             sites[-1].followers.append(m)

@@ -32,7 +32,8 @@ class SiteContext:
         preact: the site's activity ``s`` (primal), ``(B, ...)``.
         act_grad: ``phi'(s)`` of the elementwise activation that alone consumes ``s``, or None
             when none does (computed on first access).
-        outputs: what follows the activation, ``phi(s)`` (``s`` itself when there is none).
+        outputs: what follows the activation, ``phi(s)`` (``s`` itself when there is none;
+            computed on first access).
         targets, loss_fn: the batch's targets and the per-example loss.
         is_last: True for the last site call of the pass.
         path: how this call reaches the next linear layer (a
@@ -51,7 +52,7 @@ class SiteContext:
         plan: Any = None,
         inputs: Tensor | None = None,
         act_grad: Tensor | Callable[[], Tensor | None] | None = None,
-        outputs: Tensor | None = None,
+        outputs: Tensor | Callable[[], Tensor] | None = None,
         targets: Tensor | None = None,
         loss_fn: LossFn | None = None,
         is_last: bool = False,
@@ -68,10 +69,12 @@ class SiteContext:
 
     @property
     def next_layer(self) -> Any:
-        if self._next_layer is None and self.path is not None and not isinstance(self.path, str):
-            known = self._outputs is not None  # the chain engine has phi(s) and phi'(s)
-            mask = self.act_grad if known else None
-            self._next_layer = self.path.at(self.preact, mask, self._outputs)
+        path = self.path
+        if self._next_layer is None and getattr(path, "reaches_layer", False):
+            # the chain engine's phi(s) and phi'(s) cover all of the site's followers
+            chain = self.plan is not None
+            mask, outputs = (self.act_grad, self.outputs) if chain else (None, None)
+            self._next_layer = path.at(self.preact, mask, outputs)
         return self._next_layer
 
     @property
@@ -82,6 +85,8 @@ class SiteContext:
 
     @property
     def outputs(self) -> Tensor:
+        if callable(self._outputs):
+            self._outputs = self._outputs()
         return self._outputs if self._outputs is not None else self.preact
 
     @property

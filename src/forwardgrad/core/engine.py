@@ -223,13 +223,15 @@ class GeneralEngine:
         index = len(calls)
         leaves, spec = tree_flatten(output)
         positions, activity, shapes = _activity_of(site, leaves, state["batch"])
+        mask, after = self._mask_fns(site, activity)
         ctx = SiteContext(
             site,
             index,
             activity,
             key=key,
             inputs=_first_tensor(saved_args),
-            act_grad=self._mask_fn(site, activity),
+            act_grad=mask,
+            outputs=after,
             targets=state["targets"],
             loss_fn=state["loss_fn"],
             is_last=index == len(self.layout) - 1,
@@ -264,16 +266,21 @@ class GeneralEngine:
         return tree_unflatten(leaves, spec)
 
     @staticmethod
-    def _mask_fn(site: Site, activity: Tensor):
+    def _mask_fns(site: Site, activity: Tensor):
+        """``phi'(s)`` and ``phi(s)`` of the site's mask module, each computed on first use
+        (together), or (None, None) when it has none."""
         if site.mask_module is None:
-            return None
+            return None, None
+        both: list = []
 
-        def mask() -> Tensor:
-            from .chain import elementwise_derivative
+        def pair():
+            if not both:
+                from .chain import elementwise_derivative
 
-            return elementwise_derivative([site.mask_module], activity)[1]
+                both.extend(elementwise_derivative([site.mask_module], activity))
+            return both
 
-        return mask
+        return (lambda: pair()[1]), (lambda: pair()[0])
 
     # ------------------------------------------------------------------ passes
 

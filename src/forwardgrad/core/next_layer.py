@@ -45,10 +45,13 @@ def _no_hooks(module: nn.Module) -> bool:
     return not module._forward_hooks and not module._forward_pre_hooks
 
 
-def is_transparent(module: nn.Module) -> bool:
-    """A module that hands back its input unchanged: Identity, or dropout that is off (eval
-    mode or p = 0), which returns the very tensor it was given."""
-    if type(module) is nn.Identity:
+def is_transparent(module: nn.Module, same: bool = False) -> bool:
+    """A module with no hooks that hands back its input unchanged: Identity, dropout that is
+    off (eval mode or p = 0), or (``same``: it returned the very tensor it was given) a
+    Flatten with nothing to flatten."""
+    if not _no_hooks(module):
+        return False
+    if type(module) is nn.Identity or (same and type(module) is nn.Flatten):
         return True
     dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
     return type(module) in dropout and (not module.training or module.p == 0)
@@ -73,14 +76,19 @@ class NextPath:
 
     Attributes:
         between: the pass-through modules on the way, in order.
-        target: the Linear or Conv layer they feed.
+        target: the Linear or Conv layer they feed; None when ``between`` leads to the model's
+            output instead (the network's last layer followed by activations).
         then: the target call's own path (for guesses through several layers), or the reason it
-            has none (a string); None when the target is the network's last layer.
+            has none (a string); None when the target's output is the model's output.
     """
 
     between: list[nn.Module]
-    target: nn.Module
+    target: nn.Module | None
     then: NextPath | str | None = None
+
+    @property
+    def reaches_layer(self) -> bool:
+        return self.target is not None
 
     def at(
         self, preact: Tensor, mask: Tensor | None = None, outputs: Tensor | None = None
@@ -94,10 +102,12 @@ class NextPath:
         the path after the last of them (None where there is none). ValueError with the reason
         when a layer on the way does not reach the next."""
         out: list[NextPath] = [self]
-        while len(out) < count and out[-1].then is not None:
+        while len(out) < count and isinstance(out[-1].then, NextPath | str):
             nxt = out[-1].then
             if isinstance(nxt, str):
                 raise ValueError(f"layer {len(out) + 1} down: {nxt}")
+            if not nxt.reaches_layer:  # the network ends after these activations
+                break
             out.append(nxt)
         last = out[-1].then
         return out, last if isinstance(last, NextPath) else None
@@ -105,8 +115,9 @@ class NextPath:
     def downstream(self, layers: int):
         """The map ``s_i -> x_{i+l+1}`` through the next ``layers`` layers: each one's
         pass-through modules and affine map, then the pass-through modules after the last
-        where it reaches a next layer (else the map ends at the last layer's activity; it is
-        shorter at the network's end), on detached parameters. ValueError when a layer on the
+        (those leading to the next layer, or to the model's output; where the last layer's
+        output goes anywhere else the map ends at its activity; it is shorter at the network's
+        end), on detached parameters. ValueError when a layer on the
         way does not reach the next."""
         paths, last = self.layers(layers)
 

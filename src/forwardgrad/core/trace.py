@@ -59,10 +59,21 @@ def _in_parametrization(name: str) -> bool:
     return ".parametrizations." in f".{name}."
 
 
-# Calls that read a tensor's metadata, not its values: they consume nothing.
+# Calls that read a tensor's metadata, not its values: they consume nothing. (Attribute reads
+# arrive as ``__get__`` of the attribute: ``.shape`` reads metadata, ``.mT`` computes.)
 _INTROSPECTION = frozenset(
-    {"__get__", "dim", "size", "numel", "is_floating_point", "is_complex", "stride", "__len__"}
+    {"dim", "size", "numel", "is_floating_point", "is_complex", "stride", "__len__"}
 )
+_METADATA = frozenset(
+    {"shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_cuda", "names"}
+)
+
+
+def _reads_metadata(func) -> bool:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return getattr(getattr(func, "__self__", None), "__name__", None) in _METADATA
+    return name in _INTROSPECTION
 
 
 class _Recorder(TorchFunctionMode):
@@ -91,8 +102,10 @@ class _Recorder(TorchFunctionMode):
             # A function call inside a module that itself received the tensor is that module's
             # business (ReLU calling F.relu); anything else consumes it directly.
             if entry is not None and (top is None or id(t) not in top[1]):
-                name = getattr(func, "__name__", str(func))
-                if name not in _INTROSPECTION:
+                if not _reads_metadata(func):
+                    name = getattr(func, "__name__", str(func))
+                    if name == "__get__":
+                        name = "." + getattr(func.__self__, "__name__", "attribute")
                     entry["consumers"].append(("function", name, 0))
         return func(*args, **kwargs)
 
@@ -239,14 +252,35 @@ def _mask_module(name, calls, consumed, modules) -> nn.Module | None:
     return found
 
 
+def _pass_through_problem(name: str, module: nn.Module, shapes: list) -> str | None:
+    """Why a consuming module (its traced call's output ``shapes``) is no step of a route."""
+    from .next_layer import POOL_TYPES
+
+    kind = type(module).__name__
+    if not is_pass_through(module):
+        return (
+            f"reaches {name!r} ({kind}), which is neither a plain Linear/Conv layer nor an "
+            "elementwise activation, max pool or Flatten"
+        )
+    wanted = 3 if isinstance(module, nn.MaxPool1d) else 4
+    if isinstance(module, POOL_TYPES) and (len(shapes) != 1 or len(shapes[0]) != wanted):
+        got = [tuple(s) for s in shapes]
+        return f"goes to {name!r} ({kind}) with output {got}, not batched (B, C, *spatial)"
+    return None
+
+
 def direct_consumers(entry: dict, modules: dict) -> list[tuple[str, str, int]]:
     """Who uses a module's output, leaving out ``nn.Sequential`` containers (they only pass
     it on to their children, who are consumers of their own)."""
-    return [
-        c
-        for c in entry["consumers"]
-        if not (c[0] == "module" and type(modules.get(c[1])) is nn.Sequential)
-    ]
+    return [c for c in entry["consumers"] if not (c[0] == "module" and _routes(modules[c[1]]))]
+
+
+def _routes(module: nn.Module) -> bool:
+    """A plain ``nn.Sequential`` only hands its input to its first child (with hooks it may do
+    anything)."""
+    return type(module) is nn.Sequential and not module._forward_hooks and not (
+        module._forward_pre_hooks
+    )
 
 
 class _PathFinder:
@@ -279,36 +313,44 @@ class _PathFinder:
         between: list[nn.Module] = []
         label = "its output"
         while True:
-            consumers = direct_consumers(entry, self.modules)
-            same = [c for c in consumers if c[0] == "module" and self._returns_input(c, entry)]
-            changed = [c for c in same if not is_transparent(self.modules[c[1]])]
-            if changed:
-                return f"{label} is modified in place by {changed[0][1]!r} (inplace=True)"
-            consumers = [c for c in consumers if c not in same]
-            if not consumers:
-                return None if not between else f"{label} is the model's output"
-            if len(consumers) > 1:
-                names = [c[1] for c in consumers][:4]
-                return f"{label} is used {len(consumers)} times ({names}), not by one module"
-            kind, name, n = consumers[0]
-            if kind == "function":
-                return (
-                    f"{label} goes to {name}() in a module's forward (a residual add, a "
-                    "reshape, attention), not to a module"
-                )
-            module, c = self.modules[name], self.call_of[(name, n)]
+            found = self._sole_consumer(entry, label)
+            if found is None:  # the model's output (through ``between``)
+                return NextPath(between, None) if between else None
+            if isinstance(found, str):
+                return found
+            name, module, c = found
             if is_linear_map(module):
                 return NextPath(between, module, self(c))
-            if not is_pass_through(module):
-                return (
-                    f"{label} reaches {name!r} ({type(module).__name__}), which is neither a "
-                    "plain Linear/Conv layer nor an elementwise activation, max pool or Flatten"
-                )
+            why = _pass_through_problem(name, module, self.calls[c][1])
+            if why is not None:
+                return f"{label} {why}"
             between.append(module)
             entry = self._entry(c)
             if entry is None:
                 return f"the output of {name!r} is not one tensor"
             label = f"the output of {name!r}"
+
+    def _sole_consumer(self, entry: dict, label: str):
+        """``(name, module, call)`` of the one module consuming the entry's tensor, None when
+        nothing does (the model's output), or why it is not one module (a string)."""
+        consumers = direct_consumers(entry, self.modules)
+        same = [c for c in consumers if c[0] == "module" and self._returns_input(c, entry)]
+        changed = [c for c in same if not is_transparent(self.modules[c[1]], same=True)]
+        if changed:
+            return f"{label} is modified in place by {changed[0][1]!r} (inplace=True)"
+        consumers = [c for c in consumers if c not in same]
+        if not consumers:
+            return None
+        if len(consumers) > 1:
+            names = [c[1] for c in consumers][:4]
+            return f"{label} is used {len(consumers)} times ({names}), not by one module"
+        kind, name, n = consumers[0]
+        if kind == "function":
+            return (
+                f"{label} goes to {name}() in a module's forward (a residual add, a reshape, "
+                "attention), not to a module"
+            )
+        return name, self.modules[name], self.call_of[(name, n)]
 
     def _returns_input(self, consumer: tuple[str, str, int], entry: dict) -> bool:
         c = self.call_of.get((consumer[1], consumer[2]))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
+from torch.nn.modules.dropout import _DropoutNd
 
 from ..core.aggregate import AGGREGATIONS, aggregate
 from ..core.chain import ChainEngine, SitePlan, chain_problem
@@ -59,7 +60,8 @@ def cross_entropy_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
 def _structure_key(model: nn.Module, x: Tensor) -> tuple:
     """Everything about the model whose change needs a new engine (cheap: no tensor data)."""
     modules = tuple(
-        (n, id(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
+        (n, id(m), m.training, m.p if isinstance(m, _DropoutNd) else None, len(m._forward_hooks))
+        + (len(m._forward_pre_hooks),)
         for n, m in model.named_modules()
     )
     params = tuple((n, id(p), p.requires_grad) for n, p in model.named_parameters())
@@ -554,7 +556,8 @@ def _route(path) -> str:
     if isinstance(path, str):
         return f"none: {path}"
     between = [type(m).__name__ for m in path.between]
-    return " -> ".join([*between, type(path.target).__name__])
+    end = type(path.target).__name__ if path.reaches_layer else "output"
+    return " -> ".join([*between, end])
 
 
 def _describe(site) -> dict:

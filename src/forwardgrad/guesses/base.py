@@ -89,6 +89,8 @@ class Guess:
         """Why a site call (its path, its site) cannot have this guess's tangents, or None."""
         if self.needs_next_layer and (path is None or isinstance(path, str)):
             return path or "its output is the model's output"
+        if self.needs_next_layer and not path.reaches_layer:
+            return "its output reaches the model's output, not a next layer"
         if self.needs_mask and engine.plan is None and getattr(site, "mask_module", None) is None:
             return "its output is not consumed by one elementwise activation alone"
         return None

@@ -81,8 +81,15 @@ class SelfSharpening(Downstream):
     def bind(self, engine) -> None:
         super().bind(engine)
         last = engine.paths[-1] if engine.paths else None
+        # dl/dz at the site's output, or after the one activation whose output ctx.outputs is
+        # (the chain engine's outputs follow all of the last site's followers)
+        through = getattr(last, "between", [])
         if last is None or not engine.layout.keys:
             return
+        if not isinstance(last, str) and not last.reaches_layer:
+            if engine.plan is not None or len(through) == 1:
+                return
+            last = f"its output goes through {[type(m).__name__ for m in through]}"
         key = engine.layout.keys[-1]
         if self.options.fallback != "activation":
             raise ModelNotSupportedError(

@@ -73,6 +73,15 @@ def add_lora(model: nn.Module, patterns: Sequence[str], rank: int, alpha: float)
                 "LoRA adapters go on nn.Linear layers"
             )
         chosen += [n for n in linear if n not in chosen]
+    names_of: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(n)
+    for name in chosen:
+        if len(names_of[id(modules[name])]) > 1:
+            raise ValueError(
+                f"lora: {name!r} is one nn.Linear registered under several names "
+                f"({names_of[id(modules[name])]}); wrapping one name would untie them"
+            )
     adapters = []
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
