@@ -9,14 +9,8 @@ import pytest
 from forwardgrad.cli import build_parser
 from forwardgrad.config_fields import SECTIONS
 from forwardgrad.guesses import GUESSES, GuessOptions
-from forwardgrad.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_fields,
-    config_from_mapping,
-    field_names,
-    load_toml,
-)
+from forwardgrad.training.config import ConfigError, TrainConfig, config_fields, field_names
+from forwardgrad.training.config_values import config_from_mapping, load_toml
 
 
 def test_every_field_has_a_section_a_help_text_and_a_flag(capsys):

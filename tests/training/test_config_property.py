@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 
 from forwardgrad.cli import build_parser
 from forwardgrad.cli.flags import config_from_args
-from forwardgrad.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_from_mapping,
-    field_names,
-    load_toml,
-)
+from forwardgrad.training.config import ConfigError, TrainConfig, field_names
+from forwardgrad.training.config_values import config_from_mapping, load_toml
 
 KEYS = field_names()
 SETTINGS = settings(

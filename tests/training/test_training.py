@@ -8,11 +8,8 @@ import torch
 import forwardgrad as fg
 from forwardgrad.cli import main
 from forwardgrad.data import Dataset, load_dataset
-from forwardgrad.training.config import (
-    ConfigError,
-    TrainConfig,
-    config_from_mapping,
-)
+from forwardgrad.training.config import ConfigError, TrainConfig
+from forwardgrad.training.config_values import config_from_mapping
 from forwardgrad.training.guess_specs import parse_guess_spec
 from forwardgrad.training.train import PROBE_SEED_OFFSET, TrainingDiverged, evaluate, train
 

@@ -8,7 +8,8 @@ import argparse
 import dataclasses
 
 from ..config_fields import SECTIONS
-from ..training.config import TrainConfig, choices, config_fields, config_from_mapping, load_toml
+from ..training.config import TrainConfig, choices, config_fields
+from ..training.config_values import config_from_mapping, load_toml
 
 
 def flag_name(key: str) -> str:

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..training.config import ConfigError, TrainConfig, config_from_mapping
+from ..training.config import ConfigError, TrainConfig
+from ..training.config_values import config_from_mapping
 from ..training.resume import RESUME_FIELDS, flag
 from .flags import add_config_flags, config_from_args, given_values, guess_options_text
 

@@ -17,12 +17,8 @@ import torch
 
 from ..io import write_json
 from ..training.checkpoint import load_checkpoint, load_model_state
-from ..training.config import (
-    ConfigError,
-    TrainConfig,
-    coerce,
-    config_from_mapping,
-)
+from ..training.config import ConfigError, TrainConfig
+from ..training.config_values import coerce, config_from_mapping
 from ..training.guess_specs import config_for_guess, parse_guess_spec
 from .flags import add_config_flags, config_from_args, given_values
 

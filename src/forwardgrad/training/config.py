@@ -1,4 +1,5 @@
-"""Training configuration: one dataclass, readable from TOML and the command line.
+"""Training configuration: one dataclass, readable from TOML and the command line (the values
+are read by ``config_values.py``).
 
 :meth:`TrainConfig.validate` checks every value before anything is built or written: types,
 ranges, finite numbers, names against the registries (datasets, guesses, samplers, ...), the
@@ -9,22 +10,14 @@ whose message names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import sys
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..config_fields import SECTIONS, Rule, number_error, option, positive
 from ..guesses.options import GuessOptions
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class ConfigError(ValueError):
@@ -257,18 +250,18 @@ def field_names() -> list[str]:
     return [f.name for f in config_fields()]
 
 
-def _word_for_none(key: str) -> str:
+def word_for_none(key: str) -> str:
     """The word that stands for None in ``key``'s values ('full' for rank; else 'none')."""
     field = next(f for f in config_fields() if f.name == key)
     return field.metadata["or_also"] or "none"
 
 
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrainConfig)
     return {name: hints[name] for name in field_names()}
 
 
-def _base_type(hint: Any) -> tuple[type, bool]:
+def base_type(hint: Any) -> tuple[type, bool]:
     """(the field's value type, whether None is allowed) of a type hint like ``int | None``."""
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
@@ -280,26 +273,26 @@ def _base_type(hint: Any) -> tuple[type, bool]:
 
 
 def _check_types(cfg: TrainConfig) -> None:
-    for key, hint in _field_types().items():
+    for key, hint in field_types().items():
         value = getattr(cfg, key)
-        base, optional = _base_type(hint)
+        base, optional = base_type(hint)
         if value is None and optional:
             continue
         ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
         if base is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
-            raise ConfigError(f"{key} must be {_type_words(key, base, optional)}; got {value!r}")
+            raise ConfigError(f"{key} must be {type_words(key, base, optional)}; got {value!r}")
 
 
-def _type_words(key: str, base: type, optional: bool) -> str:
+def type_words(key: str, base: type, optional: bool) -> str:
     words = {
         int: "int (an integer)",
         float: "float (a number)",
         str: "str (a string)",
         bool: "bool (true or false)",
     }
-    extra = f" or {_word_for_none(key)!r}" if optional else ""
+    extra = f" or {word_for_none(key)!r}" if optional else ""
     return words.get(base, base.__name__) + extra
 
 
@@ -506,119 +499,3 @@ def _check_tensorboard_installed() -> None:
             "tensorboard = true needs the tensorboard package: "
             "pip install 'forwardgrad[tensorboard]'"
         )
-
-
-# ---------------------------------------------------------------------------- reading values
-
-
-def coerce(key: str, value: Any) -> Any:
-    """Convert a TOML or command-line value to the field's type, or raise :class:`ConfigError`."""
-    types_ = _field_types()
-    if key not in types_:
-        raise ConfigError(_unknown_key_message(key, list(types_)))
-    base, optional = _base_type(types_[key])
-    words = {"none", _word_for_none(key)}  # rank's 'full', like every optional key's 'none'
-    if optional and (value is None or (isinstance(value, str) and value.lower() in words)):
-        return None
-    try:
-        return _convert(base, value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(
-            f"config key {key!r} must be {_type_words(key, base, optional)}; got {value!r}"
-        ) from None
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise ValueError
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, (bool, list, dict)):
-        raise ValueError
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError
-    return int(value)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError
-    return float(value)
-
-
-def _to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError
-    return value
-
-
-_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
-
-
-def _convert(base: type, value: Any) -> Any:
-    """``value`` as a ``base`` (ValueError when it is not one, in TOML's or the flags' terms)."""
-    convert = _CONVERTERS.get(base)
-    return convert(value) if convert is not None else value
-
-
-def _unknown_key_message(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(key).replace("-", "_"), allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown config key {key!r}{hint}; allowed keys: {', '.join(sorted(allowed))}"
-
-
-def config_from_mapping(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the defaults) with ``values`` applied and checked."""
-    cfg = dataclasses.replace(base) if base is not None else TrainConfig()
-    for key, value in values.items():
-        setattr(cfg, key, coerce(key, value))
-    return cfg.validate()
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """The keys of a TOML config file, flat.
-
-    Keys may sit at the top level or in a table named by their section (``[optimizer]``
-    ``lr = 1e-3``); a key in another section's table, or a table of no section, is refused.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist (or is not a file)")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        items = _section_items(p, key, value) if isinstance(value, dict) else {key: value}
-        for k, v in items.items():
-            if k in flat:
-                raise ConfigError(f"config file {str(p)!r} sets {k!r} twice")
-            flat[k] = v
-    return flat
-
-
-def _section_items(path: Path, section: str, table: dict[str, Any]) -> dict[str, Any]:
-    """A ``[section]`` table's keys, each checked to belong to that section."""
-    if section not in SECTIONS:
-        raise ConfigError(
-            f"config file {str(path)!r}: unknown table [{section}]; tables are the sections "
-            f"{', '.join(SECTIONS)} (or put the keys at top level)"
-        )
-    sections = {f.name: f.metadata["section"] for f in config_fields()}
-    for key in table:
-        if isinstance(table[key], dict):
-            raise ConfigError(f"config file {str(path)!r}: [{section}] {key!r} is a table")
-        if key not in sections:
-            raise ConfigError(_unknown_key_message(key, list(sections)))
-        if sections[key] != section:
-            raise ConfigError(
-                f"config file {str(path)!r}: {key!r} belongs to [{sections[key]}], not [{section}]"
-            )
-    return table

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .config import ConfigError, TrainConfig, choices, coerce, unread_options
+from .config import ConfigError, TrainConfig, choices, unread_options
+from .config_values import coerce
 
 # Keys a guess spec may not set: compare and probe set them for every guess.
 _SPEC_FIXED = {"guess": "the spec's name is the guess", "seed": "--seed/--seeds set it"}

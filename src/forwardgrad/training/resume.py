@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, coerce, field_names, unread_options
+from .config import ConfigError, TrainConfig, field_names, unread_options
+from .config_values import coerce
 
 RESUME_FIELDS = (
     "epochs",
