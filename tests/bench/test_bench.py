@@ -119,6 +119,22 @@ def test_wperp_solver_benchmark_script_runs(tmp_path):
     assert all(0 < r["energy_min"] <= r["energy_mean"] <= 1 + 1e-5 for r in rows)
 
 
+def tiny_vit(name, methods, options=(), **fields):
+    """A one-block ViT scenario on 1x8x8 inputs, batch 4; ``options`` override its builder's."""
+    base = dict((("depth", 1), ("dim", 16), ("mlp_dim", 16), ("heads", 2)))
+    base.update(options)
+    return Scenario(
+        name,
+        batch=4,
+        model="vit",
+        input_shape=(1, 8, 8),
+        classes=3,
+        options=tuple(base.items()),
+        methods=methods,
+        **fields,
+    )
+
+
 def test_models_preset_and_the_frog_style_peer_on_tiny_models():
     """The models preset's shape, and a tiny ResNet/ViT scenario timed with the peer."""
     from forwardgrad.bench import models_preset
@@ -130,15 +146,7 @@ def test_models_preset_and_the_frog_style_peer_on_tiny_models():
     assert len(preset.targets) == 8
     frog = Method("frog k=2", "activation", 2, peer="frog-loop")
     assert frog.forward_passes() == 6 and not frog.is_backprop
-    sc = Scenario(
-        "tiny-vit",
-        batch=4,
-        model="vit",
-        input_shape=(1, 8, 8),
-        classes=3,
-        options=(("depth", 1), ("dim", 16), ("mlp_dim", 16), ("heads", 2)),
-        methods=(Method("act2", "activation", 2), frog),
-    )
+    sc = tiny_vit("tiny-vit", (Method("act2", "activation", 2), frog))
     out = run_bench(Preset([sc]), repeats=1, warmup=0, memory=False)
     assert set(out["scenarios"][0]["methods"]) == {"backprop", "act2", "frog k=2"}
 
@@ -182,16 +190,12 @@ def test_finetune_preset_freezes_all_but_the_subset_for_backprop_too():
 
     prompts, lora = finetune_preset().scenarios
     assert prompts.memory and not prompts.time and len(finetune_preset().targets) == 2
-    tiny = Scenario(
+    tiny = tiny_vit(
         "tiny-vit-lora",
-        batch=4,
-        model="vit",
-        input_shape=(1, 8, 8),
-        classes=3,
-        options=(("depth", 1), ("dim", 8), ("mlp_dim", 16), ("heads", 2), ("prompts", 2)),
+        lora.methods,
+        (("dim", 8), ("prompts", 2)),
         lora=lora.lora,
         trainable=prompts.trainable,
-        methods=lora.methods,
     )
     model = build_scenario_model(tiny)
     trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)

@@ -29,9 +29,7 @@ def build_scenario_model(scenario: Scenario) -> nn.Module:
         model = build_model(
             scenario.model, scenario.example_shape(), scenario.classes, **dict(scenario.options)
         )
-    adapters = finetune.add_lora(model, scenario.lora, 4, 8.0) if scenario.lora else []
-    if scenario.trainable or adapters:
-        finetune.train_only(model, [*scenario.trainable, *adapters])
+    finetune.tune_only(model, scenario.trainable, scenario.lora)
     return model
 
 

@@ -58,7 +58,7 @@ class Scenario:
     model: str = "mlp"
     input_shape: tuple[int, ...] = ()
     options: tuple[tuple[str, object], ...] = ()
-    lora: tuple[str, ...] = ()  # LoRA adapters (rank 4) on the Linear modules matching these
+    lora: tuple[str, ...] = ()  # LoRA adapters (default rank, alpha) on the matching Linears
     trainable: tuple[str, ...] = ()  # fine-tuning: train only these parameters (and the adapters)
 
     def all_methods(self) -> tuple[Method, ...]:

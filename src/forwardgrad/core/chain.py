@@ -10,7 +10,7 @@ and pushed forward here without ``torch.func`` transforms: each Linear's exact J
 ``t_out = t @ W^T (+ V_W x + V_b)`` is one large matmul over all k tangents, and every
 elementwise follower's derivative ``phi'(s)`` is computed once and reused by every tangent (it is
 also the mask ``M_i`` of the structured guesses). On such a model this gives the same JVPs as the
-general engine (tested), faster. Structured guesses (Wᵀ, W̃⊥, ...) need this chain structure.
+general engine (tested), faster; the next-layer guesses (Wᵀ, W̃⊥, ...) use its dense weights.
 
 No autograd graph is built: callers run this under ``torch.no_grad()``.
 """
@@ -71,11 +71,6 @@ class ChainSite:
     def rule(self) -> Rule:
         return LINEAR
 
-    @property
-    def elementwise_followers(self) -> bool:
-        """True when every follower has a diagonal Jacobian (so M_i = diag(phi'(s_i)) exists)."""
-        return all(isinstance(m, ELEMENTWISE_TYPES) for m in self.followers)
-
 
 @dataclass
 class SitePlan:
@@ -115,23 +110,6 @@ class SitePlan:
             if s.module.bias is not None:
                 out.append((f"{s.name}.bias", s.module.bias))
         return out
-
-    def require_next_layer(self, guess: str) -> None:
-        """Raise unless every site but the last feeds the next site through elementwise modules.
-
-        Guesses built from the next layer's Jacobian ``W_{i+1} diag(phi'(s_i))`` need exactly
-        that structure.
-        """
-        for s in self.sites[:-1]:
-            if not s.elementwise_followers:
-                bad = [
-                    type(m).__name__ for m in s.followers if not isinstance(m, ELEMENTWISE_TYPES)
-                ]
-                raise ModelNotSupportedError(
-                    f"guess {guess!r} needs each linear layer to reach the next one through "
-                    f"elementwise activations only; site {s.index} is followed by {bad}. "
-                    "Use an isotropic guess (weight, activation, activation-masked) for this model."
-                )
 
 
 def _flatten(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:

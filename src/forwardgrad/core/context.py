@@ -26,8 +26,8 @@ class SiteContext:
         index: the call's position in the pass (0, 1, ...).
         key: a stable name for the call (the site's name, ``#n`` appended for its n-th reuse),
             from which its random stream is derived.
-        plan: the model's chain of Linear sites, when the model is one (structured guesses
-            need it), else None.
+        plan: the model's chain of Linear sites, when the fused chain engine runs the pass,
+            else None.
         inputs: the module's first input (primal), or None.
         preact: the site's activity ``s`` (primal), ``(B, ...)``.
         act_grad: ``phi'(s)`` of the elementwise activation that alone consumes ``s``, or None

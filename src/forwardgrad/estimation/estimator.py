@@ -158,7 +158,6 @@ class Estimator:
         self.parallel = parallel
         self._check_parallel()
         self.plan: SitePlan | None = None
-        self.chain_reason: str | None = None
         self._read_chain()
         if self.plan is not None:  # a plain MLP: its structure is known before any batch
             self.guess.bind(ChainEngine(self.plan))
@@ -344,10 +343,7 @@ class Estimator:
     # ------------------------------------------------------------------ engines
 
     def _read_chain(self) -> None:
-        if self.sites_spec is None:
-            self.plan, self.chain_reason = chain_problem(self.model)
-        else:
-            self.plan, self.chain_reason = None, "sites= chooses the sites"
+        self.plan = chain_problem(self.model)[0] if self.sites_spec is None else None
 
     def _ensure_engine(self, x: Tensor, targets: Tensor, loss_fn: LossFn):
         key = _structure_key(self.model, x)

@@ -120,29 +120,30 @@ class WPerp(Guess):
         """Each example's basis (B, n, r) and keep weights (B, r) or None."""
         o = self.options
         nl = ctx.next_layer
+        if o.solver != "svd":
+            return self._randomized(ctx, o.rank, generator)[0], None
         if nl.weight is not None:  # a dense Linear next layer: W~_b = W diag(m_b)
-            if o.solver == "svd":
-                return svd_subspace(nl.weight, nl.mask, o.rank, bottom=o.bottom, ordered=False)
-            basis, _ = randomized_subspace(
+            return svd_subspace(nl.weight, nl.mask, o.rank, bottom=o.bottom, ordered=False)
+        return jacobian_subspace(nl.dense(self._what(ctx)), o.rank, o.bottom)
+
+    def _what(self, ctx: SiteContext) -> str:
+        return f"wperp solver {self.options.solver!r} at site {ctx.key!r}"
+
+    def _randomized(self, ctx: SiteContext, rank: int, generator: torch.Generator):
+        """The randomized top-``rank`` basis (B, n, rank) and singular values (B, rank): from
+        the shared ``W^T W`` on a dense Linear next layer, else matrix-free."""
+        o = self.options
+        nl = ctx.next_layer
+        if nl.weight is not None:
+            return randomized_subspace(
                 nl.weight,
                 nl.mask,
-                o.rank,
+                rank,
                 generator,
                 o.oversample,
                 o.power_iterations,
                 GRAM_DTYPES[o.gram_dtype],
             )
-            return basis, None
-        if o.solver == "svd":
-            return jacobian_subspace(nl.dense(self._what(ctx)), o.rank, o.bottom)
-        return self._operator_subspace(ctx, o.rank, generator)[0], None
-
-    def _what(self, ctx: SiteContext) -> str:
-        return f"wperp solver {self.options.solver!r} at site {ctx.key!r}"
-
-    def _operator_subspace(self, ctx: SiteContext, rank: int, generator: torch.Generator):
-        o = self.options
-        nl = ctx.next_layer
         if o.gram_dtype != "float32":
             raise ModelNotSupportedError(
                 f"wperp gram_dtype {o.gram_dtype!r} applies to dense Linear next layers; site "
@@ -175,19 +176,7 @@ class WPerp(Guess):
         # fitted domain [0, 1.1], where they are unbounded. sigma_k / sigma_1 changes slowly,
         # so it is refreshed only every ns_refresh steps (the paper: 50), from the same solve.
         refresh = i not in self._sigma_ratio or calls % o.ns_refresh == 0
-        rank = o.rank if refresh else 1
-        if nl.weight is not None:
-            _, svals = randomized_subspace(
-                nl.weight,
-                nl.mask,
-                rank,
-                generator,
-                o.oversample,
-                o.power_iterations,
-                GRAM_DTYPES[o.gram_dtype],
-            )
-        else:
-            _, svals = self._operator_subspace(ctx, rank, generator)
+        _, svals = self._randomized(ctx, o.rank if refresh else 1, generator)
         norm = svals[:, 0].clamp_min(1e-30)
         if refresh:
             self._sigma_ratio[i] = float((svals[:, -1] / norm).median())

@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+DEFAULT_RANK = 4
+DEFAULT_ALPHA = 8.0
+
 
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable rank-r update: ``base(x) + scale * up(down(x))``
@@ -141,3 +144,19 @@ def load_weights(model: nn.Module, path: str | Path, new: Sequence[str] = ()) ->
     if shapes:
         raise ValueError(f"init_from {str(path)!r}: shapes differ: {shapes[:4]}")
     model.load_state_dict(state, strict=False)
+
+
+def tune_only(
+    model: nn.Module,
+    trainable: Sequence[str] = (),
+    lora: Sequence[str] = (),
+    rank: int = DEFAULT_RANK,
+    alpha: float = DEFAULT_ALPHA,
+    also: Sequence[str] = (),
+) -> None:
+    """LoRA adapters on the ``lora`` modules, then train only the ``trainable`` patterns, the
+    adapters and ``also`` (parameters the model added for fine-tuning, e.g. prompt tokens).
+    With none of these, every parameter stays as it was."""
+    adapters = add_lora(model, lora, rank, alpha) if lora else []
+    if trainable or adapters or also:
+        train_only(model, [*trainable, *also, *adapters])

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config_fields import SECTIONS, Rule, number_error, option, positive
 from ..guesses.options import GuessOptions
+from ..models import finetune
 
 
 class ConfigError(ValueError):
@@ -86,9 +87,12 @@ class TrainConfig(GuessOptions):
         "LoRA adapters on the nn.Linear modules matching these name patterns, comma-separated "
         "(e.g. 'blocks.*.mlp.0'); the wrapped layers are frozen",
     )
-    lora_rank: int = option(4, "finetune", "LoRA rank r", minimum=1)
+    lora_rank: int = option(finetune.DEFAULT_RANK, "finetune", "LoRA rank r", minimum=1)
     lora_alpha: float = option(
-        8.0, "finetune", "LoRA scale alpha (the update is alpha/r BA)", rule=positive()
+        finetune.DEFAULT_ALPHA,
+        "finetune",
+        "LoRA scale alpha (the update is alpha/r BA)",
+        rule=positive(),
     )
     sites: str | None = option(
         None,

@@ -120,10 +120,9 @@ def build_model(cfg: TrainConfig, data: Dataset, weights: bool = True) -> nn.Mod
     added = ["embed.prompts"] if cfg.prompts else []
     if cfg.init_from is not None and weights:
         finetune.load_weights(model, cfg.init_from, new=added)
-    if cfg.lora is not None:
-        added += finetune.add_lora(model, cfg.patterns("lora"), cfg.lora_rank, cfg.lora_alpha)
-    if cfg.trainable is not None or added:
-        finetune.train_only(model, [*cfg.patterns("trainable"), *added])
+    finetune.tune_only(
+        model, cfg.patterns("trainable"), cfg.patterns("lora"), cfg.lora_rank, cfg.lora_alpha, added
+    )
     return model
 
 
