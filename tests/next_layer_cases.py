@@ -7,6 +7,7 @@ from torch import nn
 from forwardgrad import Estimator
 from forwardgrad.core.next_layer import affine
 from forwardgrad.diagnostics.contexts import site_contexts
+from forwardgrad.models import localmixer
 
 
 class TokenHead(nn.Module):
@@ -46,10 +47,28 @@ def conv1d_net():
     )
 
 
+def layer_norm_net():
+    """Token-wise Linear -> LayerNorm (a site: its scale and shift train) -> GELU -> Linear,
+    then the mean over tokens and a head."""
+    net = TokenHead()
+    net.mlp = nn.Sequential(nn.Linear(3, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 5))
+    with torch.no_grad():
+        net.mlp[1].weight.uniform_(0.5, 1.5)
+        net.mlp[1].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def tiny_localmixer():
+    """Two blocks on 8 x 8 images in 4 x 4 patches, 8 channels in 2 groups, local losses."""
+    return localmixer((8, 8), 1, 3, patch_size=4, blocks=2, channels=8, groups=2)
+
+
 CASES = {
     "conv2d": (conv2d_net, (2, 8, 8), 5),
     "conv1d": (conv1d_net, (2, 8), 4),
     "token-wise": (TokenHead, (4, 3), 4),
+    "layer-norm": (layer_norm_net, (4, 3), 4),
+    "localmixer": (tiny_localmixer, (1, 8, 8), 3),
 }
 
 

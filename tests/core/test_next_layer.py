@@ -56,7 +56,10 @@ def test_w_tilde_and_its_transpose_match_autograd(name, dtype):
         inner = (applied * flat_y).sum(-1), (flat_t * back).sum(-1)
         assert torch.allclose(*inner, atol=tol * 100)
         checked += 1
-    assert checked == {"conv2d": 3, "conv1d": 2, "token-wise": 1}[name]
+    assert (
+        checked
+        == {"conv2d": 3, "conv1d": 2, "token-wise": 1, "layer-norm": 2, "localmixer": 5}[name]
+    )
 
 
 def test_sites_without_a_route_say_why():

@@ -14,6 +14,7 @@ from forwardgrad.models.mlp import mlp as mlp_in_module
 
 IMAGE_SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32)]
 SMALL_VIT = {"depth": 2, "dim": 32, "mlp_dim": 64, "heads": 4}
+SMALL_MIXER = {"blocks": 2, "channels": 16, "groups": 4}
 
 
 def count(model: nn.Module) -> int:
@@ -25,7 +26,7 @@ def test_mlp_imports_unchanged():
 
 
 def test_registry_names_and_options():
-    assert set(MODELS) == {"mlp", "cnn", "resnet18", "vit"}
+    assert set(MODELS) == {"mlp", "cnn", "resnet18", "vit", "localmixer"}
     assert MODELS["mlp"].options == ("depth", "width", "bias", "activation")
     assert MODELS["cnn"].options == ()
     assert MODELS["resnet18"].options == ("norm", "stem")
@@ -38,6 +39,13 @@ def test_registry_names_and_options():
         "dropout",
         "prompts",
     )
+    assert MODELS["localmixer"].options == (
+        "patch_size",
+        "blocks",
+        "channels",
+        "groups",
+        "local_losses",
+    )
     assert all(spec.summary for spec in MODELS.values())
 
 
@@ -47,9 +55,9 @@ def test_registry_names_and_options():
 
 
 @pytest.mark.parametrize("shape", IMAGE_SHAPES)
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18", "vit"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18", "vit", "localmixer"])
 def test_output_shape_on_images(name, shape):
-    options = SMALL_VIT if name == "vit" else {}
+    options = {"vit": SMALL_VIT, "localmixer": SMALL_MIXER}.get(name, {})
     model = build_model(name, shape, 7, **options)
     y = model(torch.randn(2, *shape))
     assert y.shape == (2, 7) and torch.isfinite(y).all()
@@ -162,6 +170,7 @@ ALL_BUILDERS = [
     ("resnet18", (1, 8, 8), {"norm": "batch", "stem": "imagenet"}),
     ("resnet18", (3, 8, 8), {"norm": "none"}),
     ("vit", (3, 8, 8), SMALL_VIT),
+    ("localmixer", (1, 8, 8), SMALL_MIXER),
 ]
 
 
@@ -222,6 +231,7 @@ def test_vit_dropout_only_in_train_mode():
         ("cnn", (1, 8, 8), {}),
         ("resnet18", (3, 8, 8), {"norm": "group"}),
         ("vit", (3, 8, 8), SMALL_VIT),
+        ("localmixer", (3, 8, 8), {**SMALL_MIXER, "local_losses": False}),
     ],
 )
 def test_parameter_jvp_matches_backprop(name, shape, options):

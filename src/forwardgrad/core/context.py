@@ -127,9 +127,12 @@ class ForwardResult:
     """The primal outputs and the JVPs of one engine pass."""
 
     outputs: Tensor  # model outputs
-    losses: Tensor  # per-example losses (B,)
+    losses: Tensor  # per-example losses (B,) (with local losses: the output's)
     jvps: Tensor  # (k, B): d_jb = sum over calls <dl_b/ds, u_j^b> (+ weight-tangent terms)
     calls: list[SiteCall] = field(default_factory=list)
+    # local losses: (k, B, 1 + L), each loss's JVP, and per call the losses it reaches
+    loss_jvps: Tensor | None = None
+    reach: list[frozenset[int]] | None = None
 
     @property
     def inputs(self) -> list[Tensor]:

@@ -26,7 +26,7 @@ parameters (:func:`weight_jvps`); frozen parameters are never perturbed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .context import ForwardResult, LossFn, SiteCall, SiteContext, SiteTangentFn, per_example_losses
 from .jvp_rules import LeanForwardAD
+from .layers import has_local_losses, local_scores, objective
 from .rules import LOCAL_VJP, split_activity
 from .sites import ModelNotSupportedError, Site
 from .state import get_random_state
@@ -162,7 +163,13 @@ class GeneralEngine:
     """
 
     def __init__(
-        self, model: nn.Module, sites: list[Site], layout: Layout, paths: list | None = None
+        self,
+        model: nn.Module,
+        sites: list[Site],
+        layout: Layout,
+        paths: list | None = None,
+        reach: list[frozenset[int]] | None = None,
+        losses: int = 1,
     ) -> None:
         self.model = model
         self.sites = sites
@@ -170,6 +177,9 @@ class GeneralEngine:
         self.plan = None  # the fused Linear chain's; this engine has none
         # per site call: its NextPath to the next linear layer, why it has none, or None
         self.paths = paths if paths is not None else ["the model was not traced"] * len(layout)
+        # local losses: per site call, the losses it reaches (None: the model has none)
+        self.reach = reach
+        self.losses = losses
         self._site_of = {id(s.module): s for s in sites}
         self._suspended = 0
 
@@ -238,7 +248,8 @@ class GeneralEngine:
             path=self.paths[index] if index < len(self.paths) else None,
         )
         fn: SiteTangentFn | None = state["site_tangents"]
-        u = fn(ctx) if fn is not None else None
+        with self.suspended():  # a guess may run the route's modules (a norm that is a site)
+            u = fn(ctx) if fn is not None else None
         k = state["k"]
         if u is not None and (u.shape != (k, *activity.shape) or u.dtype != activity.dtype):
             raise ValueError(
@@ -321,12 +332,14 @@ class GeneralEngine:
             "device": _device_of(x, self.model),
         }
         handles = self._install(state)
+        local = local_scores(self.model) if self.reach is not None else nullcontext([])
         try:
-            with forward_mode_kernels():
+            with forward_mode_kernels(), local as scores:
+                state["scores"] = scores
                 if not state["tangent_mode"]:
                     outputs = self.model(x)
-                    losses = per_example_losses(loss_fn, outputs, targets)
-                    jvps = torch.zeros(k, losses.shape[0], dtype=losses.dtype, device=x.device)
+                    losses = self._losses(loss_fn, outputs, targets, scores)
+                    jvps = torch.zeros(k, *losses.shape, dtype=losses.dtype, device=x.device)
                 else:
                     losses, jvps, outputs = self._tangent_pass(x, targets, loss_fn, k, state)
         finally:
@@ -339,18 +352,41 @@ class GeneralEngine:
                 f"{len(self.layout)} times when traced; the engine needs the same sites called "
                 "in the same order for every batch of the same shape"
             )
-        return ForwardResult(outputs=outputs, losses=losses, jvps=jvps, calls=calls)
+        if self.reach is None:
+            return ForwardResult(outputs=outputs, losses=losses, jvps=jvps, calls=calls)
+        return ForwardResult(
+            outputs=outputs,
+            losses=_reported(losses),
+            jvps=jvps.sum(-1),
+            calls=calls,
+            loss_jvps=jvps,
+            reach=self.reach,
+        )
+
+    def _losses(self, loss_fn: LossFn, outputs, targets: Tensor, scores: list) -> Tensor:
+        """``(B,)``, or with local losses ``(B, 1 + L)`` (the output's, then each local one)."""
+        if self.reach is None:
+            return per_example_losses(loss_fn, outputs, targets)
+        if len(scores) != self.losses - 1:
+            raise ModelNotSupportedError(
+                f"the model called its LocalLoss modules {len(scores)} times in this pass but "
+                f"{self.losses - 1} times when traced; the engine needs the same local losses "
+                "in every pass"
+            )
+        return objective(loss_fn, outputs, targets, scores)
 
     def _tangent_pass(self, x, targets, loss_fn, k: int, state: dict):
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         zero = torch.zeros((), dtype=dtype, device=x.device)
+        scores = state["scores"]
 
         def one(j: Tensor | None):
             state["j"] = j
 
             def run(_: Tensor):
+                scores.clear()
                 out = self.model(x)
-                return per_example_losses(loss_fn, out, targets), out
+                return self._losses(loss_fn, out, targets, scores), out
 
             losses, jvps, out = jvp(run, (zero,), (zero,), has_aux=True)
             return losses, jvps, out
@@ -361,6 +397,14 @@ class GeneralEngine:
                 return losses, jvps.unsqueeze(0), out
             index = torch.arange(k, device=x.device)
             return vmap(one, out_dims=(None, 0, None), randomness="same")(index)
+
+
+def _reported(losses: Tensor) -> Tensor:
+    """The model's output's loss per example (what training reports), NaN where a local loss
+    is not finite (so the run stops there as it would on its own loss)."""
+    out = losses[:, 0].clone()
+    out[~torch.isfinite(losses).all(1)] = float("nan")
+    return out
 
 
 def _device_of(x: Tensor, model: nn.Module) -> torch.device:
@@ -378,16 +422,25 @@ def weight_jvps(
 ) -> tuple[Tensor, Tensor]:
     """JVPs ``(k, B)`` of the per-example losses along weight-space tangents, and the losses.
 
+    With local losses the JVPs are those of each example's whole objective (its output's loss
+    plus every local loss), and the losses reported are the output's.
+
     ``params`` are the trainable parameters by name, ``tangents`` theirs ``(k, *shape)``; the
     other parameters and buffers are the model's own.
     """
     primals = {n: p.detach() for n, p in params.items()}
     k = next(iter(tangents.values())).shape[0]
+    local = has_local_losses(model)
 
     def run(ps: dict):
-        out = functional_call(model, ps, (x,))
-        losses = per_example_losses(loss_fn, out, targets)
-        return losses, losses
+        with local_scores(model) if local else nullcontext([]) as scores:
+            out = functional_call(model, ps, (x,))
+        if not local:
+            losses = per_example_losses(loss_fn, out, targets)
+            return losses, losses
+        # local losses: the JVP of their sum with the output's (one directional derivative)
+        full = objective(loss_fn, out, targets, scores)
+        return full.sum(1), _reported(full)
 
     with forward_mode_kernels():
         if k == 1:

@@ -9,7 +9,12 @@ the linear map
     W~_b = J_f  J_P(b)  diag(phi'(s_i^b))        (B, *S) -> (B, *S')
 
 ``J_P(b)`` is max pooling's selection of each window's largest entry (per example, like the
-mask) and a reshape for ``Flatten``. :class:`NextPath` is that route, found once (from the
+mask), a reshape for ``Flatten``, and a layer norm's Jacobian at the example
+(``nn.LayerNorm``, :class:`~forwardgrad.core.layers.ChannelLayerNorm`): per normalised group
+``diag(gamma) (1/sigma) (I - 11^T/n - x^ x^T/n)``, whose transpose is as cheap. A residual add
+on the way (``s + r``, r made before the site) is the identity for ``s``; it may only be
+followed by the next layer itself (what follows it otherwise depends on r's value, which the
+route does not keep). :class:`NextPath` is that route, found once (from the
 traced pass, or from a plain MLP's chain); :class:`NextLayer` is its linearization at one
 batch's primal values. It applies ``W~`` and ``W~^T`` to blocks of vectors without forming a
 dense matrix: ``W~^T`` is the next convolution's transpose (``convolution_backward`` for the
@@ -29,11 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ChannelLayerNorm
 from .rules import CONV, LINEAR
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError
 
 POOL_TYPES: tuple[type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d)
 RESHAPE_TYPES: tuple[type[nn.Module], ...] = (nn.Flatten,)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, ChannelLayerNorm)
+
+
+class ResidualAdd(nn.Module):
+    """A step of a route, not a layer of any model: ``s + r`` where r does not depend on s, whose
+    Jacobian for s is the identity (``forward`` is the identity on s)."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h
+
 
 # Dense per-example Jacobians with more than this many entries (n * max(m, n), per example,
 # so the refusal does not depend on the batch size) are refused: an exact solver on them
@@ -58,8 +74,9 @@ def is_transparent(module: nn.Module, same: bool = False) -> bool:
 
 
 def is_pass_through(module: nn.Module) -> bool:
-    """An elementwise activation, a max pool or a Flatten, exactly of that type, with no hooks."""
-    kinds = ELEMENTWISE_TYPES + POOL_TYPES + RESHAPE_TYPES
+    """An elementwise activation, a max pool, a Flatten or a layer norm, exactly of that type,
+    with no hooks."""
+    kinds = ELEMENTWISE_TYPES + POOL_TYPES + RESHAPE_TYPES + NORM_TYPES
     return type(module) in kinds and _no_hooks(module)
 
 
@@ -110,7 +127,18 @@ class NextPath:
                 break
             out.append(nxt)
         last = out[-1].then
-        return out, last if isinstance(last, NextPath) else None
+        last = last if isinstance(last, NextPath) else None
+        steps = [m for p in out for m in p.between] + (last.between if last is not None else [])
+        added = [i for i, m in enumerate(steps) if isinstance(m, ResidualAdd)]
+        after = (
+            [m for m in steps[added[0] + 1 :] if not isinstance(m, ResidualAdd)] if added else []
+        )
+        if after:
+            raise ValueError(
+                f"a residual add is followed by {type(after[0]).__name__} within "
+                f"{len(out)} layer(s): its derivative there depends on the residual's value"
+            )
+        return out, last
 
     def downstream(self, layers: int):
         """The map ``s_i -> x_{i+l+1}`` through the next ``layers`` layers: each one's
@@ -258,6 +286,50 @@ class _Conv(_Piece):
         return grad_in.view(*y.shape[:2], *self.in_shape)
 
 
+class NormJacobian(_Piece):
+    """A layer norm's Jacobian at one batch: per normalised group of n entries,
+    ``diag(gamma) (1/sigma) (I - 11^T/n - x^ x^T/n)`` (the middle factor is symmetric)."""
+
+    def __init__(self, norm: nn.Module, h: Tensor) -> None:
+        self.norm, self.shape = norm, tuple(h.shape[1:])  # h: the norm's input (B, *S)
+        if isinstance(norm, nn.LayerNorm):
+            self.size = int(torch.Size(norm.normalized_shape).numel())
+            self.gamma = norm.weight.detach().reshape(-1) if norm.weight is not None else None
+        else:
+            self.size, self.gamma = self.shape[0] // norm.groups, None
+        centred = self._grouped(h.unsqueeze(0))
+        centred = centred - centred.mean(-1, keepdim=True)
+        self.inv_std = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + norm.eps)
+        self.normalized = centred * self.inv_std  # x^, (1, B, M, n)
+
+    def _grouped(self, t: Tensor) -> Tensor:
+        """``(N, B, *S) -> (N, B, M, n)``: one row per normalised group of n entries."""
+        n, b = t.shape[:2]
+        if isinstance(self.norm, nn.LayerNorm):  # the trailing dimensions
+            return t.reshape(n, b, -1, self.size)
+        t = t.reshape(n, b, self.norm.groups, self.size, -1).transpose(3, 4)
+        return t.reshape(n, b, -1, self.size)  # (N, B, groups * positions, C / groups)
+
+    def _ungrouped(self, t: Tensor) -> Tensor:
+        n, b = t.shape[:2]
+        if not isinstance(self.norm, nn.LayerNorm):
+            t = t.reshape(n, b, self.norm.groups, -1, self.size).transpose(3, 4)
+        return t.reshape(n, b, *self.shape)
+
+    def _centre(self, t: Tensor) -> Tensor:
+        x = self.normalized
+        t = t - t.mean(-1, keepdim=True) - x * (x * t).mean(-1, keepdim=True)
+        return t * self.inv_std
+
+    def apply(self, t: Tensor) -> Tensor:
+        t = self._centre(self._grouped(t))
+        return self._ungrouped(t if self.gamma is None else t * self.gamma)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        y = self._grouped(y)
+        return self._ungrouped(self._centre(y if self.gamma is None else y * self.gamma))
+
+
 def _pool_piece(module: nn.Module, h: Tensor) -> tuple[Tensor, _Piece]:
     pool = F.max_pool1d if isinstance(module, nn.MaxPool1d) else F.max_pool2d
     out, index = pool(
@@ -304,6 +376,12 @@ class NextLayer:
                 elif isinstance(m, POOL_TYPES):
                     h, piece = _pool_piece(m, h)
                     pieces.append(piece)
+                elif isinstance(m, NORM_TYPES):
+                    pieces.append(NormJacobian(m, h))
+                    h = m(h)
+                elif isinstance(m, ResidualAdd):
+                    # the value of the next layer's input lacks r; no step after this one reads it
+                    continue
                 else:
                     out = m(h)
                     pieces.append(_Reshape(tuple(h.shape[1:]), tuple(out.shape[1:])))

@@ -148,12 +148,48 @@ def coefficients(
     grams: list[Tensor] | None,
     widths: list[int],
     total_k: int | None = None,
+    reach: list[frozenset[int]] | None = None,
 ) -> list[Tensor]:
     """Per-call coefficients ``c (k, B)`` with estimate ``sum_j c_j u_j``.
 
     ``grams`` (projection only): per call ``(B, k, k)`` Gram matrices of the tangents, in
     float64. ``total_k``: the k that ``mean`` divides by when ``jvps`` is one chunk of it.
+    ``reach`` (local losses): ``jvps`` is ``(k, B, 1 + L)``, one JVP per loss. A call's
+    coefficients for sum and mean come from the JVP of the losses it reaches; a projection
+    (global scope) is one per loss, onto the span of the tangents of every call reaching it,
+    and a call adds those of the losses it reaches (so it is exact at full rank).
     """
+    if reach is None:
+        return _coefficients(settings, jvps, grams, widths, total_k)
+    zero = torch.zeros_like(jvps[..., 0])
+    if settings.aggregation != "projection" or settings.scope == "site":
+        groups: dict[frozenset[int], list[int]] = {}
+        for i, losses in enumerate(reach):
+            groups.setdefault(losses, []).append(i)
+        out: list[Tensor] = [zero] * len(reach)  # no loss reached: a zero gradient
+        for losses, calls in groups.items():
+            d = jvps[..., sorted(losses)].sum(-1)
+            part = None if grams is None else [grams[i] for i in calls]
+            coefs = _coefficients(settings, d, part, [widths[i] for i in calls], total_k)
+            for i, c in zip(calls, coefs):
+                out[i] = c
+        return out
+    assert grams is not None
+    per_loss = {}
+    for loss in sorted(set().union(*reach)):
+        calls = [i for i, losses in enumerate(reach) if loss in losses]
+        part, sizes = [grams[i] for i in calls], [widths[i] for i in calls]
+        per_loss[loss] = _coefficients(settings, jvps[..., loss], part, sizes, total_k)[0]
+    return [sum((per_loss[loss] for loss in losses), zero) for losses in reach]
+
+
+def _coefficients(
+    settings: StepSettings,
+    jvps: Tensor,
+    grams: list[Tensor] | None,
+    widths: list[int],
+    total_k: int | None = None,
+) -> list[Tensor]:
     batch_mode = settings.jvp_mode == "batch"
     d = batch_jvps(jvps) if batch_mode else jvps
     k = d.shape[0]
@@ -214,18 +250,18 @@ class OnePass(Strategy):
         calls: list[SiteCall] | None = None
         sums: list[Tensor] | None = None  # sum and mean: running estimate per call
         kept_jvps, kept_tangents = [], []
-        loss = None
+        loss = reach = None
         for k in s.chunks():
             begin, draw = s.draws(k)
             begin(x.shape[0])
             res = s.passes(lambda k=k, draw=draw: s.engine.run(x, targets, loss_fn, k, draw))
-            calls, loss = res.calls, res.losses.mean()
+            calls, loss, reach = res.calls, res.losses.mean(), res.reach
             if projection:  # its coefficients need every tangent's JVP and Gram at once
-                kept_jvps.append(res.jvps)
+                kept_jvps.append(_jvps(res))
                 kept_tangents.append([c.tangent for c in res.calls])
                 continue
             widths = _widths([c.tangent for c in calls])
-            coefs = coefficients(s, res.jvps, None, widths, s.num_tangents)
+            coefs = coefficients(s, _jvps(res), None, widths, s.num_tangents, reach)
             part = [
                 estimate_of(c.tangent, coef) if c.tangent is not None else None
                 for c, coef in zip(calls, coefs)
@@ -238,7 +274,7 @@ class OnePass(Strategy):
                 chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
                 for chunks in zip(*kept_tangents)
             ]
-            sums = _projected(s, d, per_call)
+            sums = _projected(s, d, per_call, reach)
         for call, est in zip(calls, sums):
             if est is not None:
                 emit(call, est)
@@ -261,6 +297,8 @@ class OnePass(Strategy):
         begin(x.shape[0])
         k_local = share.stop - share.start
         res = s.passes(lambda: s.engine.run(x, targets, loss_fn, k_local, own_share))
+        if res.reach is not None:
+            raise ValueError("local losses do not combine with tangents split over processes")
         d = share.gather(res.jvps)
         per_call = [full.get(call.index) for call in res.calls]
         if s.aggregation == "projection":
@@ -274,10 +312,18 @@ class OnePass(Strategy):
         return res.losses.mean()
 
 
-def _projected(s: StepSettings, d: Tensor, per_call: list[Tensor]) -> list[Tensor]:
+def _projected(
+    s: StepSettings, d: Tensor, per_call: list[Tensor], reach: list[frozenset[int]] | None = None
+) -> list[Tensor]:
     """Every call's projection estimate from all k JVPs ``d`` and tangents ``per_call``."""
-    coefs = coefficients(s, d, projection_grams(per_call, s.scope), _widths(per_call))
+    grams = projection_grams(per_call, s.scope if reach is None else "site")
+    coefs = coefficients(s, d, grams, _widths(per_call), reach=reach)
     return [estimate_of(u, c) for u, c in zip(per_call, coefs)]
+
+
+def _jvps(res) -> Tensor:
+    """The pass's JVPs as ``coefficients`` takes them: ``(k, B)``, or one per loss."""
+    return res.jvps if res.reach is None else res.loss_jvps
 
 
 def _widths(per_call: list[Tensor | None]) -> list[int]:
@@ -322,7 +368,7 @@ class LowMemory(Strategy):
         guess_state = s.guess.state_dict()
         begin(x.shape[0])
         res = s.passes(lambda: s.engine.run(x, targets, loss_fn, k, first_pass, False, False))
-        coefs = coefficients(s, res.jvps, grams if projection else None, widths)
+        coefs = coefficients(s, _jvps(res), grams if projection else None, widths, reach=res.reach)
         grams.clear()
 
         def second_pass(call: SiteCall, ctx: SiteContext, u: Tensor | None) -> None:
@@ -368,7 +414,8 @@ class PerSiteJVP(Strategy):
 
                 res = s.passes(lambda f=only_here, k=k: s.engine.run(x, targets, loss_fn, k, f))
                 u = res.calls[i].tangent
-                coef = coefficients(s, res.jvps, None, [0], s.num_tangents)[0]
+                reach = None if res.reach is None else [res.reach[i]]
+                coef = coefficients(s, _jvps(res), None, [0], s.num_tangents, reach)[0]
                 part.append(None if u is None else estimate_of(u, coef))
                 calls, loss = res.calls, res.losses.mean()
             sums = part if sums is None else [_add(t, p) for t, p in zip(sums, part)]

@@ -35,7 +35,8 @@ from torch.utils._pytree import tree_flatten
 
 from .context import LossFn, SiteContext
 from .engine import GeneralEngine, Layout, LayoutCall, forward_mode_kernels
-from .next_layer import NextPath, is_linear_map, is_pass_through, is_transparent
+from .layers import LocalLoss, StopGradient
+from .next_layer import NextPath, ResidualAdd, is_linear_map, is_pass_through, is_transparent
 from .rules import activity_leaves, rule_for
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError, Site
 from .state import untouched
@@ -53,6 +54,10 @@ class Trace:
     # per layout call: how it reaches the next linear layer, why it does not (a string), or
     # None when its output is the model's output
     paths: list[NextPath | str | None] = field(default_factory=list)
+    # with local losses (LocalLoss modules): per layout call, the losses its output reaches
+    # (0: the model's output, then each LocalLoss call in order); None: the model has none
+    reach: list[frozenset[int]] | None = None
+    losses: int = 1  # the model's output's loss, then one per LocalLoss call
 
 
 def _in_parametrization(name: str) -> bool:
@@ -76,13 +81,22 @@ def _reads_metadata(func) -> bool:
     return name in _INTROSPECTION
 
 
-class _Recorder(TorchFunctionMode):
-    """Sees every torch function call: records parameter uses and who consumes site outputs."""
+# Functions that add their two tensor arguments: ``s + r`` passes s's tangent on unchanged.
+_ADDS = frozenset({"add", "__add__", "__radd__"})
 
-    def __init__(self, params: dict[int, str], stack: list, consumed: dict) -> None:
+
+class _Recorder(TorchFunctionMode):
+    """Sees every torch function call: records parameter uses, who consumes site outputs and
+    (``taint``: when the model has local losses) which module calls each tensor depends on."""
+
+    def __init__(
+        self, params: dict[int, str], stack: list, consumed: dict, taint: dict | None = None
+    ) -> None:
         super().__init__()
         self.params, self.stack, self.consumed = params, stack, consumed
         self.uses: list[tuple[str, tuple[str, ...]]] = []
+        self.taint = taint  # id(tensor) -> frozenset of call indices; None: not tracked
+        self.keep: list[Tensor] = []  # tensors whose ids are keys: alive, so ids stay unique
 
     paused = False
 
@@ -92,6 +106,7 @@ class _Recorder(TorchFunctionMode):
             return func(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         top = self.stack[-1] if self.stack else None
+        consumed_here = []
         for t in leaves:
             if not isinstance(t, Tensor):
                 continue
@@ -103,11 +118,47 @@ class _Recorder(TorchFunctionMode):
             # business (ReLU calling F.relu); anything else consumes it directly.
             if entry is not None and (top is None or id(t) not in top[1]):
                 if not _reads_metadata(func):
-                    name = getattr(func, "__name__", str(func))
-                    if name == "__get__":
-                        name = "." + getattr(func.__self__, "__name__", "attribute")
-                    entry["consumers"].append(("function", name, 0))
-        return func(*args, **kwargs)
+                    consumed_here.append(entry)
+        out = func(*args, **kwargs)
+        for entry in consumed_here:
+            entry["consumers"].append(self._consumer(func, args, kwargs, out))
+        if self.taint is not None:
+            self._spread(func, args, leaves, out)
+        return out
+
+    def _consumer(self, func, args, kwargs, out) -> tuple[str, str, int]:
+        """``("function", name, id)``; for ``s + r`` the id of its output, now tracked too."""
+        name = getattr(func, "__name__", str(func))
+        if name == "__get__":
+            name = "." + getattr(func.__self__, "__name__", "attribute")
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if name in _ADDS and len(tensors) == 2 and len(args) == 2 and not kwargs:
+            if isinstance(out, Tensor) and id(out) not in self.consumed:
+                self.consumed[id(out)] = {"consumers": [], "call": None}
+                self.keep.append(out)
+            return ("function", name, id(out))
+        return ("function", name, 0)
+
+    def _spread(self, func, args, leaves, out) -> None:
+        """Outputs depend on every call the inputs depend on (``detach`` cuts: forward-mode
+        tangents do not pass it); in-place functions write that into their first argument."""
+        taint = self.taint
+        assert taint is not None
+        if getattr(func, "__name__", "") == "detach":
+            return
+        union: frozenset[int] = frozenset()
+        for t in leaves:
+            if isinstance(t, Tensor):
+                union |= taint.get(id(t), frozenset())
+        if not union:
+            return
+        targets = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
+        name = getattr(func, "__name__", "")
+        if (name.endswith("_") or name == "__setitem__") and args and isinstance(args[0], Tensor):
+            targets.append(args[0])
+        for o in targets:
+            taint[id(o)] = taint.get(id(o), frozenset()) | union
+            self.keep.append(o)
 
 
 def _choose_owner(stack: tuple[str, ...], chosen: dict[str, nn.Module]) -> str:
@@ -134,6 +185,7 @@ def trace_sites(
     keep: list[Tensor] = []  # outputs stay alive, so their ids stay unique during the pass
 
     entered: dict[str, int] = {}
+    reach = _Reach(model)
 
     def pre(module: nn.Module, args: tuple) -> None:
         name = names.get(id(module))
@@ -159,6 +211,7 @@ def trace_sites(
         finally:
             recorder.paused = False
         calls.append((name, [t.shape for t in leaves], id(leaves[0]) if leaves else 0))
+        reach.after_call(module, name, leaves, len(calls) - 1)
         if len(leaves) == 1 and name and id(leaves[0]) not in consumed:
             # A container returning its last child's output (or a module returning its input)
             # keeps the innermost producer: consumers of the outer call consume the same tensor.
@@ -166,7 +219,7 @@ def trace_sites(
             keep.append(leaves[0])
         return None
 
-    recorder = _Recorder(params, stack, consumed)
+    recorder = reach.recorder = _Recorder(params, stack, consumed, reach.taint)
     sample = x[: min(2, x.shape[0])]
     hooks = [
         module_hooks.register_module_forward_pre_hook(pre),
@@ -178,7 +231,51 @@ def trace_sites(
     finally:
         for h in hooks:
             h.remove()
-    return _build_trace(model, chosen, recorder.uses, calls, consumed, by_name)
+    trace = _build_trace(model, chosen, recorder.uses, calls, consumed, by_name)
+    reach.fill(trace, calls)
+    return trace
+
+
+class _Reach:
+    """Which losses each module call reaches, for models with local losses (others: nothing is
+    tracked). Every tensor carries the calls it depends on (the recorder spreads them through
+    functions, ``detach`` cutting), a module call's output adds the call itself (a
+    StopGradient's carries none), and each loss's scores (the model's output first, then every
+    LocalLoss call) name the calls that reach it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        local = any(isinstance(m, LocalLoss) for m in model.modules())
+        self.taint: dict[int, frozenset[int]] | None = {} if local else None
+        self.recorder: _Recorder | None = None
+        self.losses: list[frozenset[int]] = []  # per loss: the calls its value depends on
+
+    def after_call(self, module: nn.Module, name: str, leaves: list[Tensor], call: int) -> None:
+        taint = self.taint
+        if taint is None:
+            return
+        assert self.recorder is not None
+        for t in leaves:
+            if isinstance(module, StopGradient):
+                taint.pop(id(t), None)
+                continue
+            taint[id(t)] = taint.get(id(t), frozenset()) | {call}
+            self.recorder.keep.append(t)
+        if leaves and (isinstance(module, LocalLoss) or name == ""):
+            # the root returns last; its output's loss is loss 0
+            self.losses.insert(
+                len(self.losses) if name else 0, taint.get(id(leaves[0]), frozenset())
+            )
+
+    def fill(self, trace: Trace, calls: list) -> None:
+        """Per layout call, the losses whose value depends on it (``trace.reach``)."""
+        if self.taint is None:
+            return
+        sites = {c.site for c in trace.layout.calls}
+        site_calls = [j for j, (name, _, _) in enumerate(calls) if name in sites]
+        trace.reach = [
+            frozenset(i for i, on in enumerate(self.losses) if j in on) for j in site_calls
+        ]
+        trace.losses = len(self.losses)
 
 
 def _build_trace(model, chosen, uses, calls, consumed, by_name) -> Trace:
@@ -271,15 +368,19 @@ def _pass_through_problem(name: str, module: nn.Module, shapes: list) -> str | N
 
 def direct_consumers(entry: dict, modules: dict) -> list[tuple[str, str, int]]:
     """Who uses a module's output, leaving out ``nn.Sequential`` containers (they only pass
-    it on to their children, who are consumers of their own)."""
+    it on to their children, who are consumers of their own) and stop-gradients (nothing
+    passes them)."""
     return [c for c in entry["consumers"] if not (c[0] == "module" and _routes(modules[c[1]]))]
 
 
 def _routes(module: nn.Module) -> bool:
-    """A plain ``nn.Sequential`` only hands its input to its first child (with hooks it may do
-    anything)."""
-    return type(module) is nn.Sequential and not module._forward_hooks and not (
-        module._forward_pre_hooks
+    """A plain ``nn.Sequential`` only hands its input to its first child, a StopGradient
+    nothing on (with hooks either may do anything)."""
+    kind = type(module)
+    return (
+        kind in (nn.Sequential, StopGradient)
+        and not module._forward_hooks
+        and not (module._forward_pre_hooks)
     )
 
 
@@ -314,14 +415,23 @@ class _PathFinder:
         label = "its output"
         while True:
             found = self._sole_consumer(entry, label)
-            if found is None:  # the model's output (through ``between``)
+            if found is None:  # the model's output or a local loss (through ``between``)
                 return NextPath(between, None) if between else None
             if isinstance(found, str):
                 return found
             name, module, c = found
+            if isinstance(module, ResidualAdd):
+                between.append(module)
+                entry, label = self.consumed[c], f"the output of a residual add ({name})"
+                continue
             if is_linear_map(module):
                 return NextPath(between, module, self(c))
             why = _pass_through_problem(name, module, self.calls[c][1])
+            if why is None and between and isinstance(between[-1], ResidualAdd):
+                why = (
+                    f"goes to {name!r} ({type(module).__name__}) after a residual add, where "
+                    "its derivative depends on the residual's value"
+                )
             if why is not None:
                 return f"{label} {why}"
             between.append(module)
@@ -331,13 +441,19 @@ class _PathFinder:
             label = f"the output of {name!r}"
 
     def _sole_consumer(self, entry: dict, label: str):
-        """``(name, module, call)`` of the one module consuming the entry's tensor, None when
-        nothing does (the model's output), or why it is not one module (a string)."""
+        """``(name, module, call)`` of the one module consuming the entry's tensor (for a
+        residual add: ``(name, ResidualAdd(), id of its output)``), None when nothing does (the
+        model's output, or a local loss's scores), or why it is not one module (a string)."""
         consumers = direct_consumers(entry, self.modules)
         same = [c for c in consumers if c[0] == "module" and self._returns_input(c, entry)]
         changed = [c for c in same if not is_transparent(self.modules[c[1]], same=True)]
+        changed = [c for c in changed if not isinstance(self.modules[c[1]], LocalLoss)]
         if changed:
             return f"{label} is modified in place by {changed[0][1]!r} (inplace=True)"
+        if any(isinstance(self.modules[c[1]], LocalLoss) for c in same):
+            return (
+                None if len(consumers) == 1 else f"{label} is a local loss's scores and used again"
+            )
         consumers = [c for c in consumers if c not in same]
         if not consumers:
             return None
@@ -345,6 +461,8 @@ class _PathFinder:
             names = [c[1] for c in consumers][:4]
             return f"{label} is used {len(consumers)} times ({names}), not by one module"
         kind, name, n = consumers[0]
+        if kind == "function" and n and name in _ADDS:
+            return f"{name}()", ResidualAdd(), n
         if kind == "function":
             return (
                 f"{label} goes to {name}() in a module's forward (a residual add, a reshape, "

@@ -41,6 +41,7 @@ from ..core.aggregate import AGGREGATIONS, aggregate
 from ..core.chain import ChainEngine, SitePlan, chain_problem
 from ..core.context import LossFn, SiteCall
 from ..core.engine import FunctionalEngine, GeneralEngine
+from ..core.layers import has_local_losses, local_scores, objective
 from ..core.rules import AccumulateIntoGrad, CollectGrads, GradSink
 from ..core.sites import ModelNotSupportedError, SiteSpec, select_sites
 from ..core.state import step_state
@@ -245,8 +246,8 @@ class Estimator:
     def describe(self) -> list[dict]:
         """One row per site: name, module type, gradient rule, parameters, mask, the route to
         the next linear layer (``next_layer``: the modules between and the layer, ``output``,
-        or why there is none) and whether the guess falls back to activation perturbation
-        there."""
+        or why there is none), whether the guess falls back to activation perturbation there
+        and, with local losses, the losses whose JVP scales its tangents (``losses``)."""
         rows = [_describe(s) for s in self.sites]
         engine = self._engine
         if engine is None:
@@ -255,9 +256,15 @@ class Estimator:
         for call, path in zip(engine.layout.calls, getattr(engine, "paths", [])):
             routes.setdefault(call.site, path)
         fallback = set(self.guess.fallback_sites)
+        reached: dict[str, frozenset[int]] = {}
+        for call, losses in zip(engine.layout.calls, getattr(engine, "reach", None) or []):
+            reached.setdefault(call.site, losses)
         for row in rows:
             row["next_layer"] = _route(routes.get(row["name"], "not traced"))
             row["fallback"] = row["name"] in fallback
+            if reached:  # local losses: which losses scale this site's tangents
+                losses = sorted(reached.get(row["name"], ()))
+                row["losses"] = ["output" if i == 0 else f"local {i}" for i in losses]
         return rows
 
     def state_dict(self) -> dict:
@@ -279,6 +286,11 @@ class Estimator:
             if self.guess.space == "exact":
                 raise LaunchError(f"{where}, but guess 'backprop' has none; use --parallel data")
             grid.tangent_share(self.num_tangents)  # k must split evenly
+            if has_local_losses(self.model) and self.guess.space == "activity":
+                raise LaunchError(
+                    f"{where}, but the model has local losses, whose per-loss JVPs are not "
+                    "gathered; use --parallel data"
+                )
             for bad, what in (
                 (self.chunk_size is not None, "chunk_size (each process already pushes k/N)"),
                 (self.low_memory, "low_memory"),
@@ -367,7 +379,9 @@ class Estimator:
                 f"{type(self.model).__name__} has no trainable parameter used in its forward"
             )
         self.unused_parameters = trace.unused
-        engine = GeneralEngine(self.model, trace.sites, trace.layout, trace.paths)
+        engine = GeneralEngine(
+            self.model, trace.sites, trace.layout, trace.paths, trace.reach, trace.losses
+        )
         self.guess.bind(engine)
         if self.jvp_mode != "batch":
             check_batch_coupling(engine, x, targets, loss_fn, device)
@@ -485,8 +499,16 @@ class Estimator:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         with torch.enable_grad():
-            loss = loss_fn(self.model(x), targets).mean()
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            if has_local_losses(self.model):  # the output's loss plus every local loss
+                with local_scores(self.model) as scores:
+                    outputs = self.model(x)
+                full = objective(loss_fn, outputs, targets, scores)
+                total, loss = full.sum(1).mean(), full[:, 0].mean()
+                if not bool(torch.isfinite(full).all()):
+                    loss = torch.full_like(loss, float("nan"))
+            else:
+                total = loss = loss_fn(self.model(x), targets).mean()
+            grads = torch.autograd.grad(total, params, allow_unused=True)
         return loss.detach(), {p: g for p, g in zip(params, grads) if g is not None}
 
 

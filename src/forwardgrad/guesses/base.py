@@ -65,6 +65,8 @@ class Guess:
         sites = {s.name: s for s in engine.sites}
         problems = []
         for i, call in enumerate(engine.layout.calls[:-1]):
+            if is_output(engine.paths[i]):  # a local loss's head: no next layer, as the last
+                continue
             why = self.site_problem(engine.paths[i], sites.get(call.site), engine)
             if why is not None:
                 problems.append((call.key, why))
@@ -96,9 +98,9 @@ class Guess:
         return None
 
     def falls_back(self, ctx: SiteContext) -> bool:
-        """True where this guess hands the site isotropic tangents: the last site call (no
-        next layer) and the calls noted in ``fallback_sites``."""
-        return ctx.is_last or ctx.key in self.fallback_sites
+        """True where this guess hands the site isotropic tangents: the last site call and
+        the heads of local losses (no next layer), and the calls noted in ``fallback_sites``."""
+        return ctx.is_last or ctx.key in self.fallback_sites or is_output(ctx.path)
 
     def begin_step(self, layout, batch_size: int, k: int, generator: torch.Generator) -> None:
         """Called once per engine pass, before any site (isotropic guesses draw here)."""
@@ -177,3 +179,9 @@ class IsotropicActivityGuess(Guess):
         i = ctx.index
         part = self._block[..., self._offsets[i] : self._offsets[i + 1]]
         return part.to(ctx.preact.dtype).reshape(k, *shape)
+
+
+def is_output(path) -> bool:
+    """A site call whose output goes (through activations at most) to a loss: the model's
+    output or a local loss's scores."""
+    return path is None or (not isinstance(path, str) and not path.reaches_layer)

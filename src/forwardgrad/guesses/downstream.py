@@ -14,7 +14,7 @@ from torch.func import grad, vjp, vmap
 
 from ..core.context import SiteContext
 from ..core.sites import ModelNotSupportedError
-from .base import Guess, isotropic_site_tangents
+from .base import Guess, is_output, isotropic_site_tangents
 
 
 class Downstream(Guess):
@@ -80,6 +80,15 @@ class SelfSharpening(Downstream):
 
     def bind(self, engine) -> None:
         super().bind(engine)
+        heads = [c.key for c, p in zip(engine.layout.calls[:-1], engine.paths) if is_output(p)]
+        if heads and self.options.fallback != "activation":
+            raise ModelNotSupportedError(
+                f"self-sharpening's output-site tangent is the true local error of the "
+                f"model's loss; sites {heads[:4]} are the heads of local losses, for which it "
+                "is not defined. fallback='activation' (--fallback activation) gives them "
+                "isotropic tangents"
+            )
+        self.fallback_sites.extend(heads)
         last = engine.paths[-1] if engine.paths else None
         # dl/dz at the site's output, or after the one activation whose output ctx.outputs is
         # (the chain engine's outputs follow all of the last site's followers)

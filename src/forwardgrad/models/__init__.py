@@ -5,6 +5,7 @@
 * :func:`resnet18` (``models/resnet.py``): ResNet-18; batch, group or no norm; CIFAR or
   ImageNet stem.
 * :func:`vit` (``models/vit.py``): the multi-tangent paper's small Vision Transformer.
+* :func:`localmixer` (``models/localmixer.py``): Ren et al.'s LocalMixer, with local losses.
 * :data:`MODELS` / :func:`build_model` (``models/registry.py``): the builders by name, from one
   example's shape as the dataset serves it.
 
@@ -13,6 +14,7 @@ submodule whose forward uses it.
 """
 
 from .cnn import LeNet, cnn
+from .localmixer import LocalMixer, MixerBlock, localmixer
 from .mlp import mlp
 from .registry import MODELS, ModelSpec, build_model
 from .resnet import BasicBlock, ResNet18, resnet18
@@ -24,12 +26,15 @@ __all__ = [
     "BasicBlock",
     "EncoderBlock",
     "LeNet",
+    "LocalMixer",
+    "MixerBlock",
     "ModelSpec",
     "PatchEmbedding",
     "ResNet18",
     "ViT",
     "build_model",
     "cnn",
+    "localmixer",
     "mlp",
     "resnet18",
     "vit",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .cnn import cnn
+from .localmixer import localmixer
 from .mlp import mlp
 from .resnet import resnet18
 from .vit import vit
@@ -109,6 +110,37 @@ def build_vit(
     )
 
 
+def build_localmixer(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    patch_size: int | None = None,
+    blocks: int = 4,
+    channels: int = 512,
+    groups: int = 16,
+    local_losses: bool = True,
+) -> nn.Module:
+    """Ren et al.'s M/8/16 by default; the patches tile the image 4 x 4 (8 x 8 pixels on
+    CIFAR-10's 32 x 32, 7 x 7 on MNIST's 28 x 28) unless ``patch_size`` is given."""
+    c, h, w = image_shape("localmixer", input_shape)
+    if patch_size is None:
+        if h % 4 or w % 4:
+            raise ValueError(
+                f"localmixer tiles the image 4 x 4 by default, which {h}x{w} does not allow; "
+                "give patch_size"
+            )
+        patch_size = h // 4 if h == w else math.gcd(h // 4, w // 4)
+    return localmixer(
+        (h, w),
+        c,
+        num_classes,
+        patch_size=patch_size,
+        blocks=blocks,
+        channels=channels,
+        groups=groups,
+        local_losses=local_losses,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -137,6 +169,19 @@ MODELS: dict[str, ModelSpec] = {
                 ("mlp_dim", "mlp_dim"),
                 ("patch_size", "patch_size"),
                 ("prompts", "prompts"),
+            ),
+        ),
+        ModelSpec(
+            "localmixer",
+            "Ren et al.'s LocalMixer M/8/16 with local losses (blocks 4, channels 512, groups "
+            "16, 4 x 4 patches)",
+            build_localmixer,
+            (
+                ("depth", "blocks"),
+                ("width", "channels"),
+                ("groups", "groups"),
+                ("patch_size", "patch_size"),
+                ("local_losses", "local_losses"),
             ),
         ),
     )

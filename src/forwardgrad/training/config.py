@@ -52,12 +52,17 @@ class TrainConfig(GuessOptions):
     depth: int | None = option(
         None,
         "model",
-        "mlp: hidden layers (default 3); vit: encoder blocks (default 6)",
+        "mlp: hidden layers (default 3); vit: encoder blocks (default 6); localmixer: blocks "
+        "(default 4)",
         minimum=0,
         zero_means="0: a linear model",
     )
     width: int | None = option(
-        None, "model", "mlp: hidden width (default 128); vit: token width (default 256)", minimum=1
+        None,
+        "model",
+        "mlp: hidden width (default 128); vit: token width (default 256); localmixer: channels "
+        "(default 512)",
+        minimum=1,
     )
     bias: bool = option(True, "model", "mlp: use biases (true/false)")
     norm: str | None = option(
@@ -68,7 +73,18 @@ class TrainConfig(GuessOptions):
     )
     heads: int | None = option(None, "model", "vit: attention heads (default 4)", minimum=1)
     mlp_dim: int | None = option(None, "model", "vit: MLP width (default 512)", minimum=1)
-    patch_size: int | None = option(None, "model", "vit: patch size (default 4)", minimum=1)
+    patch_size: int | None = option(
+        None, "model", "vit: patch size (default 4); localmixer: (default: a 4 x 4 grid)", minimum=1
+    )
+    groups: int | None = option(
+        None, "model", "localmixer: channel groups, one local head each (default 16)", minimum=1
+    )
+    local_losses: bool | None = option(
+        None,
+        "model",
+        "localmixer: local losses after every block, blocks cut apart (default true; false: "
+        "trained end to end)",
+    )
     prompts: int | None = option(
         None, "model", "vit: learnable prompt tokens after the class token (default 0)", minimum=0
     )

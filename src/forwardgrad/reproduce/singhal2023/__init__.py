@@ -38,6 +38,7 @@ from .fig4_bias import run_guess_bias
 from .fig2_subspace import run_guess_subspace, subspace_curves
 from .fig5_sharpening import run_guess_sharpening
 from .fig7_downstream import hidden_spectra, run_guess_downstream
+from .table1_mixer import run_guess_mixer
 from .averaged_guesses import cosine_against_guess_count, guess_counts
 from .common import hidden_layers
 from .estimators import (
@@ -77,6 +78,7 @@ __all__ = [
     "run_guess_bias",
     "run_guess_cosine",
     "run_guess_downstream",
+    "run_guess_mixer",
     "run_guess_mlp",
     "run_guess_sharpening",
     "run_guess_subspace",
