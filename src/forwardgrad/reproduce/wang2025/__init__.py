@@ -26,6 +26,10 @@ registering its experiment; ``common`` (contenders, budgets, tolerances, setting
 every experiment returns), ``training`` (the paper's runs), ``measurements`` (along
 trajectories, with :mod:`forwardgrad.training.measured`), ``plots``, and ``published`` (the
 paper's numbers, from ``data/*.json``) are what they share.
+
+A seventh, ``wperp_conv`` (``wperp-conv``), has a setting of its own: it carries Fig. 1 and
+Table 1's comparison to the library's conv net, the ``cnn`` on MNIST-5k, with exact overlaps at
+its conv sites one example at a time (``conv_measurements``).
 """
 
 from . import table1_rank  # noqa: F401  isort: skip
@@ -34,3 +38,4 @@ from . import table3_width  # noqa: F401  isort: skip
 from . import table4_cost  # noqa: F401  isort: skip
 from . import table5_precond  # noqa: F401  isort: skip
 from . import fig1_overlap  # noqa: F401  isort: skip
+from . import wperp_conv  # noqa: F401  isort: skip
