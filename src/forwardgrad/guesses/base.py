@@ -56,16 +56,18 @@ class Guess:
         return self.space == "activity" and (self.needs_next_layer or self.needs_mask)
 
     def bind(self, engine) -> None:
-        """Check that every site call but the last has what this guess needs (once per
-        engine); raise naming the calls that do not, or, with ``fallback='activation'``, note
-        them in ``fallback_sites`` (they get isotropic tangents)."""
+        """Check that every site call whose output is no loss's input (the last one included:
+        a single trained site before attention is no output layer) has what this guess needs
+        (once per engine); raise naming the calls that do not, or, with
+        ``fallback='activation'``, note them in ``fallback_sites`` (they get isotropic
+        tangents)."""
         self.fallback_sites = []
         if not self.structured or not engine.layout.keys:
             return
         sites = {s.name: s for s in engine.sites}
         problems = []
-        for i, call in enumerate(engine.layout.calls[:-1]):
-            if is_output(engine.paths[i]):  # a local loss's head: no next layer, as the last
+        for i, call in enumerate(engine.layout.calls):
+            if is_output(engine.paths[i]):  # the output layer, a local loss's head: isotropic
                 continue
             why = self.site_problem(engine.paths[i], sites.get(call.site), engine)
             if why is not None:
@@ -78,7 +80,7 @@ class Guess:
         key, why = problems[0]
         more = f" (and {len(problems) - 1} more: {[k for k, _ in problems[1:4]]})"
         raise ModelNotSupportedError(
-            f"guess {self.name!r} {self.builds_from} at every site but the last; site "
+            f"guess {self.name!r} {self.builds_from} at every site but the output layers; site "
             f"{key!r} has none: {why}{more if len(problems) > 1 else ''}. At such sites only "
             "the isotropic guesses work (activation, activation-masked, weight; backprop); "
             f"fallback='activation' (--fallback activation) keeps {self.name!r} elsewhere and "

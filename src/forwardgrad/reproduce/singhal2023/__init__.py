@@ -1,6 +1,7 @@
-"""Singhal et al. 2023, *How to Guess a Gradient*: Fig. 1 table, Table 2, Figs. 2, 4, 5 and 7.
+"""Singhal et al. 2023, *How to Guess a Gradient*: Fig. 1 table, Table 2, Figs. 2, 4, 5, 7 and
+A.5 (Fig. 9).
 
-Six experiments, all on MLPs trained by :func:`forwardgrad.training.train.train` (through
+Six experiments on MLPs trained by :func:`forwardgrad.training.train.train` (through
 :func:`forwardgrad.training.compare.compare` where several guesses are trained side by side) and
 measured with :mod:`forwardgrad.diagnostics`, one module each:
 
@@ -16,18 +17,24 @@ measured with :mod:`forwardgrad.diagnostics`, one module each:
 * ``guess-sharpening`` (Fig. 5, :mod:`.fig5_sharpening`): self-sharpening, and Wᵀ with its
   singular values raised to powers;
 * ``guess-downstream`` (Fig. 7, :mod:`.fig7_downstream`): 1, 2, 3 downstream layers, and
-  Jacobian spectra.
+  Jacobian spectra;
+
+and one on a ViT, by the same ``train()``:
+
+* ``guess-prompt`` (A.5, Fig. 9, :mod:`.fig9_prompt`): prompt tuning of a ViT pre-trained here
+  (the paper's pre-trained ViT-B/16 and fine-tuning sets are not available offline), Wᵀ of the
+  prompts against directional descent, with peak memory (:mod:`.prompt_tuning`).
 
 The paper's datasets (CIFAR-10/100, SVHN, MNIST) are not available offline; every experiment
 runs on the embedded sets (MNIST-5k, a 5000-image MNIST subset, stands in for the image sets) and
 says so. The paper's "D-layer MLP" has D weight matrices (its Sec. 3.1, W_1 .. W_k), so it is
 :func:`forwardgrad.models.mlp` with ``depth = D - 1`` hidden layers.
 
-Two methods of the paper are not registered guesses, because they exist only as probes of the
-phenomenon: the cosine-matched directional descent (it reads the true gradient) and Wᵀ with
-powered singular values. They are defined in :mod:`.estimators` (:class:`CosineMatchedEstimator`,
-:class:`PoweredWTranspose`) and trained by the same ``train()``. The paper's published numbers
-are in ``data/*.json``.
+Three methods of the paper are not registered guesses, because they exist only as probes of the
+phenomenon: the cosine-matched directional descent (it reads the true gradient), Wᵀ with
+powered singular values and Wᵀ of a ViT's prompt tokens. They are defined in :mod:`.estimators`
+(:class:`CosineMatchedEstimator`, :class:`PoweredWTranspose`, :class:`PromptTokenGuess`) and
+trained by the same ``train()``. The paper's published numbers are in ``data/*.json``.
 """
 
 # The experiment modules register themselves on import, in this order.
@@ -39,13 +46,16 @@ from .fig2_subspace import run_guess_subspace, subspace_curves
 from .fig5_sharpening import run_guess_sharpening
 from .fig7_downstream import hidden_spectra, run_guess_downstream
 from .table1_mixer import run_guess_mixer
+from .fig9_prompt import run_guess_prompt
 from .averaged_guesses import cosine_against_guess_count, guess_counts
 from .common import hidden_layers
 from .estimators import (
     CosineMatchedEstimator,
     PoweredWTranspose,
+    PromptTokenGuess,
     UnitGuess,
     powered_wt_estimator,
+    prompt_estimator,
 )
 from .maths import (
     activity_cosine,
@@ -63,6 +73,7 @@ from .runs import train_with_measurements
 __all__ = [
     "CosineMatchedEstimator",
     "PoweredWTranspose",
+    "PromptTokenGuess",
     "UnitGuess",
     "activity_cosine",
     "cosine_against_guess_count",
@@ -74,12 +85,14 @@ __all__ = [
     "per_example_weight_cosine",
     "powered_matrix",
     "powered_wt_estimator",
+    "prompt_estimator",
     "random_basis",
     "run_guess_bias",
     "run_guess_cosine",
     "run_guess_downstream",
     "run_guess_mixer",
     "run_guess_mlp",
+    "run_guess_prompt",
     "run_guess_sharpening",
     "run_guess_subspace",
     "spearman",

@@ -39,6 +39,8 @@ METHOD_NAMES = {
     "self-sharpening:optimizer=stable-adamw": "Self-sharpening",
     "self-sharpening:optimizer=stable-adamw:jvp=site": "Self-sharpening (per-layer JVP)",
     "cosine-matched": "Directional descent, cosine-matched",
+    "wt-prompt": "Wᵀ (prompts)",
+    "activation-prompt": "Activation perturbation (prompt tokens)",
 }
 
 EMBEDDED_NOTE = (
