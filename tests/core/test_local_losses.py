@@ -231,3 +231,128 @@ def test_self_sharpening_refuses_local_heads_unless_asked():
     est = Estimator(model, "self-sharpening", fallback="activation")
     est.estimate(x, y)
     assert {"heads.0", "heads.1"} <= set(est.guess.fallback_sites)
+
+
+class Written(nn.Module):
+    """A local loss whose scores reach it through an in-place write into a view of a buffer
+    (``how="view"``: the view is taken before the write), or are changed after it read them."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.out = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.local = LocalLoss()
+
+    def forward(self, x):
+        s = self.a(x)
+        buf = torch.zeros(x.shape[0], 6, dtype=x.dtype)
+        if self.how == "after":
+            scores = self.local(self.b(x))
+            scores += s
+            return self.out(x)
+        view = buf[:, :3]
+        if self.how == "copy":
+            buf[:, :3].copy_(s)
+        else:
+            buf[:, :3] = s
+        self.local(view)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("how", ["copy", "view"])
+def test_reach_follows_in_place_writes_into_shared_memory(how):
+    torch.manual_seed(0)
+    model = Written(how).double()
+    x, y = batch((4,), b=3)
+    engine = Estimator(model, "activation").engine_for(x, y)
+    assert dict(zip(engine.layout.keys, engine.reach))["a"] == {1}
+    est = Estimator(model, "activation", tangents=9, aggregate="projection")
+    _, grads = est.estimate(x, y)
+    for p, g in zip(model.parameters(), true_objective_gradient(model, x, y)):
+        assert torch.allclose(grads.get(p, torch.zeros_like(p)), g, atol=1e-9)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.local = LocalLoss()
+
+    def forward(self, x):
+        self.local(self.head(x))
+        return self.a(x), self.b(x)
+
+
+def test_every_tensor_of_a_tuple_output_reaches_the_output_loss():
+    model = TwoOutputs()
+    x, y = batch((4,), dtype=torch.float32)
+
+    def loss_fn(out, t):
+        return (
+            F.cross_entropy(out[0] + out[1], t, reduction="none")
+            if isinstance(out, tuple)
+            else F.cross_entropy(out, t, reduction="none")
+        )
+
+    engine = Estimator(model, "activation", loss_fn=loss_fn).engine_for(x, y)
+    assert dict(zip(engine.layout.keys, engine.reach)) == {"head": {1}, "a": {0}, "b": {0}}
+
+
+class InsideSite(nn.Module):
+    """A LocalLoss inside a module that is a site of its own (it owns a gain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.local = nn.Linear(4, 3), LocalLoss()
+        self.gain = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        h = x * self.gain
+        self.local(self.head(h))
+        return h
+
+
+def test_unsupported_local_loss_placements_are_refused():
+    from forwardgrad.core.sites import ModelNotSupportedError
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.out = InsideSite(), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(self.block(x))
+
+    x, y = batch((4,), dtype=torch.float32)
+    with pytest.raises(ModelNotSupportedError, match="inside site 'block'"):
+        Estimator(Net(), "activation").estimate(x, y)
+    with pytest.raises(ModelNotSupportedError, match="modified in place after"):
+        Estimator(Written("after"), "activation").estimate(x, y)
+
+
+def test_a_broadcasting_residual_add_is_no_route():
+    class Broadcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
+
+        def forward(self, x):  # (B, 5, 4)
+            s = self.act(self.a(x[:, :1]))  # (B, 1, 4), added into all 5 tokens
+            return self.b(s + x).mean(1)
+
+    est = Estimator(Broadcast(), "wt", fallback="activation")
+    x = torch.randn(3, 5, 4)
+    est.estimate(x, torch.randint(0, 3, (3,)))
+    assert est.guess.fallback_sites == ["a"]
+
+
+def test_the_oracle_follows_the_local_objective():
+    from forwardgrad.core.oracle import weight_gradients
+
+    torch.manual_seed(0)
+    model = TwoHeads().double()
+    x, y = batch((4,))
+    loss, grads = weight_gradients(model, x, y, Estimator(model).loss_fn)
+    for p, g in zip(model.parameters(), true_objective_gradient(model, x, y)):
+        assert torch.allclose(grads[p], g, atol=1e-12)
+    assert loss == pytest.approx(float(F.cross_entropy(model(x), y)))

@@ -91,7 +91,7 @@ def test_sites_without_a_route_say_why():
     est.estimate(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     assert est._engine.paths[0] == (
         "its output reaches '1' (Unflatten), which is neither a plain Linear/Conv layer nor an "
-        "elementwise activation, max pool or Flatten"
+        "elementwise activation, max pool, Flatten or layer norm"
     )
 
 
@@ -187,3 +187,23 @@ def test_the_last_layers_activations_lead_to_the_output():
         path = est._engine.paths[0]
         assert torch.allclose(path.downstream(1)(model[0](x)), model(x))
         assert est.describe()[-1]["next_layer"] == "Sigmoid -> output"
+
+
+def test_an_output_nothing_reads_is_no_output_layer_without_local_losses():
+    class Unread(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.probe, self.b = (
+                nn.Linear(4, 6),
+                nn.ReLU(),
+                nn.Linear(4, 3),
+                nn.Linear(6, 3),
+            )
+
+        def forward(self, x):
+            self.last_probe = self.probe(x)
+            return self.b(self.act(self.a(x)))
+
+    x, y = torch.randn(4, 4), torch.randint(0, 3, (4,))
+    with pytest.raises(ModelNotSupportedError, match="site 'probe'"):
+        Estimator(Unread(), "wt").estimate(x, y)

@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .context import ForwardResult, LossFn, SiteCall, SiteContext, SiteTangentFn, per_example_losses
 from .jvp_rules import LeanForwardAD
-from .layers import has_local_losses, local_scores, objective
+from .layers import has_local_losses, local_scores, objective, reported
 from .rules import LOCAL_VJP, split_activity
 from .sites import ModelNotSupportedError, Site
 from .state import get_random_state
@@ -356,7 +356,7 @@ class GeneralEngine:
             return ForwardResult(outputs=outputs, losses=losses, jvps=jvps, calls=calls)
         return ForwardResult(
             outputs=outputs,
-            losses=_reported(losses),
+            losses=reported(losses),
             jvps=jvps.sum(-1),
             calls=calls,
             loss_jvps=jvps,
@@ -399,14 +399,6 @@ class GeneralEngine:
             return vmap(one, out_dims=(None, 0, None), randomness="same")(index)
 
 
-def _reported(losses: Tensor) -> Tensor:
-    """The model's output's loss per example (what training reports), NaN where a local loss
-    is not finite (so the run stops there as it would on its own loss)."""
-    out = losses[:, 0].clone()
-    out[~torch.isfinite(losses).all(1)] = float("nan")
-    return out
-
-
 def _device_of(x: Tensor, model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else x.device
@@ -440,7 +432,7 @@ def weight_jvps(
             return losses, losses
         # local losses: the JVP of their sum with the output's (one directional derivative)
         full = objective(loss_fn, out, targets, scores)
-        return full.sum(1), _reported(full)
+        return full.sum(1), reported(full)
 
     with forward_mode_kernels():
         if k == 1:

@@ -119,3 +119,23 @@ def objective(
     columns = [per_example_losses(loss_fn, outputs, targets)]
     columns += [m.per_example(loss_fn, s, targets) for m, s in scores]
     return torch.stack(columns, 1)
+
+
+def model_losses(model: nn.Module, x: Tensor, targets: Tensor, loss_fn) -> Tensor:
+    """One forward pass's per-example losses ``(B, 1 + L)``: the output's, then each local
+    loss's (none for a model without local losses)."""
+    from .context import per_example_losses
+
+    if not has_local_losses(model):
+        return per_example_losses(loss_fn, model(x), targets).unsqueeze(1)
+    with local_scores(model) as scores:
+        outputs = model(x)
+    return objective(loss_fn, outputs, targets, scores)
+
+
+def reported(losses: Tensor) -> Tensor:
+    """The output's loss per example from ``(B, 1 + L)`` losses (what training reports), NaN
+    where a local loss is not finite (so a run stops there as it would on its own loss)."""
+    out = losses[:, 0].clone()
+    out[~torch.isfinite(losses).all(1)] = float("nan")
+    return out

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .context import LossFn
+from .layers import model_losses, reported
 from .rules import activity_leaves
 from .sites import select_sites
 
@@ -14,15 +15,18 @@ from .sites import select_sites
 def weight_gradients(
     model: nn.Module, x: Tensor, targets: Tensor, loss_fn: LossFn
 ) -> tuple[float, dict[nn.Parameter, Tensor]]:
-    """Mean loss of the batch and the true gradient of every trainable parameter it uses.
+    """Mean loss of the batch and the true gradient of every trainable parameter it uses (of
+    the output's loss plus every local loss, for a model with local losses; the mean loss is
+    the output's).
 
     Uses ``torch.autograd.grad``, so ``.grad`` is not touched; unused parameters are left out.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
-        loss = loss_fn(model(x), targets).mean()
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return float(loss.detach()), {p: g.detach() for p, g in zip(params, grads) if g is not None}
+        losses = model_losses(model, x, targets, loss_fn)  # with local losses: all of them
+        grads = torch.autograd.grad(losses.sum(1).mean(), params, allow_unused=True)
+    loss = float(reported(losses.detach()).mean())
+    return loss, {p: g.detach() for p, g in zip(params, grads) if g is not None}
 
 
 def activity_gradients(
@@ -46,7 +50,7 @@ def activity_gradients(
     handles = [m.register_forward_hook(capture) for m in modules]
     try:
         with torch.enable_grad():
-            losses = loss_fn(model(x), targets)
+            losses = model_losses(model, x, targets, loss_fn)  # with local losses: all of them
             flat = [t for leaves in outputs for t in leaves]
             grads = torch.autograd.grad(losses.sum(), flat, allow_unused=True)
     finally:

@@ -41,7 +41,7 @@ from ..core.aggregate import AGGREGATIONS, aggregate
 from ..core.chain import ChainEngine, SitePlan, chain_problem
 from ..core.context import LossFn, SiteCall
 from ..core.engine import FunctionalEngine, GeneralEngine
-from ..core.layers import has_local_losses, local_scores, objective
+from ..core.layers import has_local_losses, model_losses, reported
 from ..core.rules import AccumulateIntoGrad, CollectGrads, GradSink
 from ..core.sites import ModelNotSupportedError, SiteSpec, select_sites
 from ..core.state import step_state
@@ -499,17 +499,10 @@ class Estimator:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         with torch.enable_grad():
-            if has_local_losses(self.model):  # the output's loss plus every local loss
-                with local_scores(self.model) as scores:
-                    outputs = self.model(x)
-                full = objective(loss_fn, outputs, targets, scores)
-                total, loss = full.sum(1).mean(), full[:, 0].mean()
-                if not bool(torch.isfinite(full).all()):
-                    loss = torch.full_like(loss, float("nan"))
-            else:
-                total = loss = loss_fn(self.model(x), targets).mean()
-            grads = torch.autograd.grad(total, params, allow_unused=True)
-        return loss.detach(), {p: g for p, g in zip(params, grads) if g is not None}
+            losses = model_losses(self.model, x, targets, loss_fn)  # and every local loss
+            grads = torch.autograd.grad(losses.sum(1).mean(), params, allow_unused=True)
+        loss = reported(losses.detach()).mean()
+        return loss, {p: g for p, g in zip(params, grads) if g is not None}
 
 
 def _share_of(tangents: dict[str, Tensor], share: TangentShare) -> dict[str, Tensor]:

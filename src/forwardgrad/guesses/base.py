@@ -50,24 +50,30 @@ class Guess:
                 f"unknown fallback {self.options.fallback!r}; choose one of {list(FALLBACKS)}"
             )
         self.fallback_sites: list[str] = []
+        self.output_sites: list[str] = []  # the output layer and local losses' heads
 
     @property
     def structured(self) -> bool:
         return self.space == "activity" and (self.needs_next_layer or self.needs_mask)
 
     def bind(self, engine) -> None:
-        """Check that every site call whose output is no loss's input (the last one included:
-        a single trained site before attention is no output layer) has what this guess needs
-        (once per engine); raise naming the calls that do not, or, with
-        ``fallback='activation'``, note them in ``fallback_sites`` (they get isotropic
-        tangents)."""
+        """Check that every site call but the output layers (the last call, and with local
+        losses the heads whose output is a loss's input) has what this guess needs (once per
+        engine); raise naming the calls that do not, or, with ``fallback='activation'``, note
+        them in ``fallback_sites`` (they get isotropic tangents)."""
         self.fallback_sites = []
+        self.output_sites = []
         if not self.structured or not engine.layout.keys:
             return
         sites = {s.name: s for s in engine.sites}
         problems = []
+        last = len(engine.layout.calls) - 1
+        local = getattr(engine, "reach", None) is not None
         for i, call in enumerate(engine.layout.calls):
-            if is_output(engine.paths[i]):  # the output layer, a local loss's head: isotropic
+            # the last call (the output layer) and local losses' heads get isotropic tangents;
+            # without local losses, an output nothing reads is no output layer
+            if i == last or (local and is_output(engine.paths[i])):
+                self.output_sites.append(call.key)
                 continue
             why = self.site_problem(engine.paths[i], sites.get(call.site), engine)
             if why is not None:
@@ -102,7 +108,7 @@ class Guess:
     def falls_back(self, ctx: SiteContext) -> bool:
         """True where this guess hands the site isotropic tangents: the last site call and
         the heads of local losses (no next layer), and the calls noted in ``fallback_sites``."""
-        return ctx.is_last or ctx.key in self.fallback_sites or is_output(ctx.path)
+        return ctx.is_last or ctx.key in self.fallback_sites or ctx.key in self.output_sites
 
     def begin_step(self, layout, batch_size: int, k: int, generator: torch.Generator) -> None:
         """Called once per engine pass, before any site (isotropic guesses draw here)."""

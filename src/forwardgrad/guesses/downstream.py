@@ -14,7 +14,7 @@ from torch.func import grad, vjp, vmap
 
 from ..core.context import SiteContext
 from ..core.sites import ModelNotSupportedError
-from .base import Guess, is_output, isotropic_site_tangents
+from .base import Guess, isotropic_site_tangents
 
 
 class Downstream(Guess):
@@ -80,7 +80,9 @@ class SelfSharpening(Downstream):
 
     def bind(self, engine) -> None:
         super().bind(engine)
-        heads = [c.key for c, p in zip(engine.layout.calls[:-1], engine.paths) if is_output(p)]
+        reach = getattr(engine, "reach", None) or []
+        heads = [c.key for c, losses in zip(engine.layout.calls, reach) if 0 not in losses]
+        heads = [key for key in heads if key in self.output_sites]  # a local loss's own head
         if heads and self.options.fallback != "activation":
             raise ModelNotSupportedError(
                 f"self-sharpening's output-site tangent is the true local error of the "

@@ -86,10 +86,18 @@ class LocalMixer(nn.Module):
     ) -> None:
         super().__init__()
         h, w = image_size
+        for name, value in (
+            ("patch_size", patch_size),
+            ("blocks", blocks),
+            ("channels", channels),
+            ("groups", groups),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"localmixer {name} must be a positive integer; got {value!r}")
+        if not isinstance(local_losses, bool):
+            raise ValueError(f"localmixer local_losses must be True or False; got {local_losses!r}")
         if h % patch_size or w % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide the image size {h}x{w}")
-        if blocks < 1:
-            raise ValueError(f"localmixer needs at least one block; got blocks={blocks}")
         if channels % groups:
             raise ValueError(f"{channels} channels do not split into {groups} groups")
         patches = (h // patch_size) * (w // patch_size)

@@ -123,7 +123,7 @@ def build_localmixer(
     CIFAR-10's 32 x 32, 7 x 7 on MNIST's 28 x 28) unless ``patch_size`` is given."""
     c, h, w = image_shape("localmixer", input_shape)
     if patch_size is None:
-        if h % 4 or w % 4:
+        if h % 4 or w % 4 or not h:
             raise ValueError(
                 f"localmixer tiles the image 4 x 4 by default, which {h}x{w} does not allow; "
                 "give patch_size"

@@ -229,8 +229,9 @@ def _notes() -> list[str]:
 def _scaling(b: dict[str, Any], seeds: list[int]) -> str:
     return (
         f"scaled: LocalMixer with {b['blocks']} blocks, {b['channels']} channels in "
-        f"{b['groups']} groups of 32 (Ren's M/8/16: 512 channels in 16 groups of 32), a 4 x 4 "
-        f"grid of 7 x 7 patches, on MNIST-5k; {b['epochs']} epochs, batch {b['batch_size']}, "
+        f"{b['groups']} groups of {b['channels'] // b['groups']} (Ren's M/8/16: 512 channels in "
+        f"16 groups of 32), the image in a 4 x 4 grid of patches, on {b['dataset']}; "
+        f"{b['epochs']} epochs, batch {b['batch_size']}, "
         f"Adam lr {b['lr']:g} (the paper's Adam row), seeds {', '.join(map(str, seeds))}. "
         "At 512 channels one Wᵀ epoch took about 110 s on the 2-core CPU these ran on."
     )
