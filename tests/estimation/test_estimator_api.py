@@ -174,14 +174,12 @@ def test_unsupported_models(model, match):
 
 @pytest.mark.parametrize("guess", ["wt", "wperp", "preconditioned", "downstream", "mixing"])
 def test_next_layer_guesses_refuse_a_site_that_does_not_reach_the_next_layer(guess):
-    model = nn.Sequential(
-        nn.Linear(3, 4), nn.LayerNorm(4, elementwise_affine=False), nn.ReLU(), nn.Linear(4, 2)
-    )
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.ReLU(), nn.Linear(4, 2))
     x, y = torch.randn(2, 3), torch.zeros(2, dtype=torch.long)
     reason = (
         "is not consumed by one elementwise activation alone"
         if guess == "mixing"
-        else r"reaches '1' \(LayerNorm\), which is neither a plain Linear/Conv layer"
+        else r"reaches '1' \(Softmax\), which is neither a plain Linear/Conv layer"
     )
     with pytest.raises(ModelNotSupportedError, match=f"site '0' has none: its output {reason}"):
         Estimator(model, guess).estimate(x, y)
