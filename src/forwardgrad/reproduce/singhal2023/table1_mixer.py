@@ -64,10 +64,10 @@ MIXER_BUDGETS: dict[str, dict[str, Any]] = {
         "blocks": 4,
         "channels": 64,
         "groups": 2,
-        "epochs": 15,
+        "epochs": 40,
         "batch_size": 64,
         "lr": 1e-3,
-        "seeds": 3,
+        "seeds": 2,
     },
     "smoke": {
         "dataset": "digits",
