@@ -37,6 +37,7 @@ from .context import LossFn, SiteContext
 from .engine import GeneralEngine, Layout, LayoutCall, forward_mode_kernels
 from .layers import LocalLoss, StopGradient
 from .next_layer import NextPath, ResidualAdd, is_linear_map, is_pass_through, is_transparent
+from .reach import Reach, Taint
 from .rules import activity_leaves, rule_for
 from .sites import ELEMENTWISE_TYPES, ModelNotSupportedError, Site
 from .state import untouched
@@ -90,7 +91,7 @@ class _Recorder(TorchFunctionMode):
     (``taint``: when the model has local losses) which module calls each tensor depends on."""
 
     def __init__(
-        self, params: dict[int, str], stack: list, consumed: dict, taint: _Taint | None = None
+        self, params: dict[int, str], stack: list, consumed: dict, taint: Taint | None = None
     ) -> None:
         super().__init__()
         self.params, self.stack, self.consumed = params, stack, consumed
@@ -123,7 +124,7 @@ class _Recorder(TorchFunctionMode):
         for entry in consumed_here:
             entry["consumers"].append(self._consumer(func, args, kwargs, out))
         if self.taint is not None:
-            self._spread(func, args, kwargs, leaves, out)
+            self.taint.spread(func, args, kwargs, leaves, out)
         return out
 
     def _consumer(self, func, args, kwargs, out) -> tuple[str, str, int]:
@@ -140,72 +141,6 @@ class _Recorder(TorchFunctionMode):
                 self.keep.append(out)
             return ("function", name, id(out))
         return ("function", name, 0)
-
-    def _spread(self, func, args, kwargs, leaves, out) -> None:
-        """Outputs depend on every call the inputs depend on (``detach`` cuts: forward-mode
-        tangents do not pass it); an in-place function writes that into its first argument's
-        memory, which every view of it shares."""
-        taint = self.taint
-        assert taint is not None
-        name = getattr(func, "__name__", "")
-        if name == "detach":
-            return
-        union: frozenset[int] = frozenset()
-        for t in leaves:
-            if isinstance(t, Tensor):
-                union |= taint.of(t)
-        if not union:
-            return
-        for o in tree_flatten(out)[0]:
-            if isinstance(o, Tensor):
-                taint.add(o, union)
-        if args and isinstance(args[0], Tensor) and _in_place(name, kwargs):
-            taint.add(args[0], union, memory=True)
-
-
-def _in_place(name: str, kwargs: dict) -> bool:
-    """A function that writes into its first argument: ``add_``, ``__iadd__``, ``x[i] = v``,
-    ``F.relu(x, inplace=True)``."""
-    if name == "__setitem__" or kwargs.get("inplace") is True:
-        return True
-    if name.startswith("__"):
-        return name.startswith("__i") and name.endswith("__")
-    return name.endswith("_")
-
-
-class _Taint:
-    """Which module calls each tensor depends on: by tensor (``id``), and by memory for what
-    in-place writes put there (a view taken before or after the write sees it too). Every
-    tensor named is kept alive, so ids and storages stay unique during the pass."""
-
-    def __init__(self) -> None:
-        self.by_tensor: dict[int, frozenset[int]] = {}
-        self.by_memory: dict[int, frozenset[int]] = {}
-        self.cut_ids: set[int] = set()
-        self.keep: list[Tensor] = []
-
-    @staticmethod
-    def _memory(t: Tensor) -> int:
-        return t.untyped_storage().data_ptr()
-
-    def of(self, t: Tensor) -> frozenset[int]:
-        own = self.by_tensor.get(id(t), frozenset())
-        if id(t) in self.cut_ids:  # a StopGradient's output: its memory's past is cut too
-            return own
-        return own | self.by_memory.get(self._memory(t), frozenset())
-
-    def add(self, t: Tensor, calls: frozenset[int], memory: bool = False) -> None:
-        self.keep.append(t)
-        self.by_tensor[id(t)] = self.by_tensor.get(id(t), frozenset()) | calls
-        if memory:
-            key = self._memory(t)
-            self.by_memory[key] = self.by_memory.get(key, frozenset()) | calls
-
-    def cut(self, t: Tensor) -> None:
-        """``t`` depends on nothing: a StopGradient's output (``detach`` shares its memory)."""
-        self.keep.append(t)
-        self.by_tensor[id(t)] = frozenset()
-        self.cut_ids.add(id(t))
 
 
 def _choose_owner(stack: tuple[str, ...], chosen: dict[str, nn.Module]) -> str:
@@ -232,7 +167,7 @@ def trace_sites(
     keep: list[Tensor] = []  # outputs stay alive, so their ids stay unique during the pass
 
     entered: dict[str, int] = {}
-    reach = _Reach(model, stack)
+    reach = Reach(model, stack)
 
     def pre(module: nn.Module, args: tuple) -> None:
         name = names.get(id(module))
@@ -281,61 +216,6 @@ def trace_sites(
     trace = _build_trace(model, chosen, recorder.uses, calls, consumed, by_name)
     reach.fill(trace, calls)
     return trace
-
-
-class _Reach:
-    """Which losses each module call reaches, for models with local losses (others: nothing is
-    tracked). Every tensor carries the calls it depends on (the recorder spreads them through
-    functions, ``detach`` cutting), a module call's output adds the call itself (a
-    StopGradient's carries none), and each loss's scores (the model's output first, then every
-    LocalLoss call), read once the pass is over, name the calls that reach it."""
-
-    def __init__(self, model: nn.Module, stack: list) -> None:
-        local = any(isinstance(m, LocalLoss) for m in model.modules())
-        self.taint = _Taint() if local else None
-        self.stack = stack
-        self.outputs: list[Tensor] = []  # the model's output's tensors
-        # per LocalLoss call: its scores, the modules it ran in and the calls they depended on
-        self.scores: list[tuple[Tensor, tuple[str, ...], frozenset[int]]] = []
-
-    def after_call(self, module: nn.Module, name: str, leaves: list[Tensor], call: int) -> None:
-        taint = self.taint
-        if taint is None:
-            return
-        for t in leaves:
-            if isinstance(module, StopGradient):
-                taint.cut(t)
-            else:
-                taint.add(t, frozenset({call}))
-        if isinstance(module, LocalLoss) and leaves:
-            self.scores.append((leaves[0], tuple(n for n, _ in self.stack), taint.of(leaves[0])))
-        elif name == "":
-            self.outputs = list(leaves)
-
-    def fill(self, trace: Trace, calls: list) -> None:
-        """Per layout call, the losses whose value depends on it (``trace.reach``)."""
-        taint = self.taint
-        if taint is None:
-            return
-        sites = {s.name for s in trace.sites}
-        for scores, inside, then in self.scores:
-            within = [n for n in inside if n in sites]
-            if within:
-                raise ModelNotSupportedError(
-                    f"a LocalLoss is called inside site {within[-1]!r}: that site's tangent is "
-                    "added to its output, after the local loss has read its inner values. Call "
-                    "the LocalLoss outside every site (in a container's forward)"
-                )
-            if taint.of(scores) != then:
-                raise ModelNotSupportedError(
-                    "a LocalLoss's scores are modified in place after the LocalLoss read them; "
-                    "compute them fully before passing them to it"
-                )
-        losses = [frozenset().union(*(taint.of(t) for t in self.outputs))]
-        losses += [then for _, _, then in self.scores]
-        site_calls = [j for j, (name, _, _) in enumerate(calls) if name in sites]
-        trace.reach = [frozenset(i for i, on in enumerate(losses) if j in on) for j in site_calls]
-        trace.losses = len(losses)
 
 
 def _build_trace(model, chosen, uses, calls, consumed, by_name) -> Trace:
